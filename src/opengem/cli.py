@@ -1,0 +1,147 @@
+"""The ``opengem`` command line: argument handling only, the logic lives in the packages.
+
+Errors in a query print every problem and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from opengem.contract import (
+    FIELDS,
+    MODEL_IDS,
+    QueryError,
+    UnknownModelError,
+    get_example_query,
+    list_models,
+    validate_query,
+)
+
+app = typer.Typer(
+    help="opengem: open generative gene-expression models (GEM-1 / pysynthbio compatible).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _load_json(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        _fail(f"cannot read query file {path!r}: {exc.strerror}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(
+            f"query file {path!r} is not valid JSON: {exc.msg} (line {exc.lineno}, "
+            f"column {exc.colno})"
+        )
+
+
+def summarise(value: Any) -> Any:
+    """Shorten long count vectors so a query fits on a screen."""
+    if isinstance(value, dict):
+        return {k: summarise(v) for k, v in value.items()}
+    if isinstance(value, list) and len(value) > 8 and all(isinstance(v, int) for v in value[:8]):
+        nonzero = sum(1 for v in value if v)
+        return (
+            f"[{', '.join(map(str, value[:5]))}, … {len(value):,} counts, "
+            f"{nonzero:,} non-zero, library {sum(value):,}]"
+        )
+    if isinstance(value, list):
+        return [summarise(v) for v in value]
+    return value
+
+
+def _validated(query: Any, model_id: str) -> Any:
+    try:
+        return validate_query(query, model_id)
+    except UnknownModelError as exc:
+        _fail(str(exc))
+    except QueryError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@app.command("models")
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List the model ids opengem serves."""
+    models = list_models()
+    if as_json:
+        typer.echo(json.dumps(models, indent=2))
+        return
+    for m in models["models"]:
+        typer.echo(f"{m['model_id']:<38} {m['modality']:<5} {m['task']:<24} {m['description']}")
+
+
+@app.command("example")
+def example_cmd(
+    model_id: str = typer.Argument(..., help="a model id (see `opengem models`)"),
+    full: bool = typer.Option(False, "--full", help="print count vectors in full (valid JSON)"),
+) -> None:
+    """Print a valid example query for a model."""
+    try:
+        example = get_example_query(model_id)
+    except UnknownModelError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(example if full else summarise(example), indent=2, ensure_ascii=False))
+
+
+@app.command("validate")
+def validate_cmd(
+    model_id: str = typer.Argument(..., help="a model id (see `opengem models`)"),
+    query: str = typer.Option(..., "--query", "-q", help="query JSON file, or - for stdin"),
+) -> None:
+    """Check a query; print it normalised, or every problem (exit code 2)."""
+    normalised = _validated(_load_json(query), model_id)
+    typer.echo(json.dumps(summarise(json.loads(normalised.model_dump_json())), indent=2))
+
+
+@app.command("fields")
+def fields_cmd() -> None:
+    """List the metadata fields a query may carry, with their latent group and kind."""
+    for f in FIELDS.values():
+        extra = ", ".join(f.values) if f.values else (", ".join(s.value for s in f.id_spaces))
+        typer.echo(
+            f"{f.name:<26} {f.group.value:<13} {f.kind.value:<9} {f.description}"
+            + (f" [{extra}]" if extra else "")
+        )
+
+
+@app.command("examples")
+def examples_cmd() -> None:
+    """For every model: print its example query and validate it (the contract, end to end)."""
+    for model_id in MODEL_IDS:
+        start = time.perf_counter()
+        query = get_example_query(model_id)["example_query"]
+        normalised = _validated(query, model_id)
+        n_inputs = len(normalised.inputs)
+        samples = sum(getattr(x, "num_samples", 1) for x in normalised.inputs)
+        typer.echo(
+            f"== {model_id}: valid ({n_inputs} input(s), {samples} sample(s), "
+            f"{time.perf_counter() - start:.2f} s)"
+        )
+        typer.echo(json.dumps(summarise(query), indent=2, ensure_ascii=False))
+    typer.echo(f"all {len(MODEL_IDS)} example queries are valid")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
