@@ -32,7 +32,7 @@ from opengem.contract.query import (
     ReferenceQuery,
     SampleIdsQuery,
 )
-from opengem.contract.validate import Vocabulary, validate_query
+from opengem.contract.validate import Vocabulary, validate_metadata, validate_query
 
 __all__ = [
     "FIELDS",
@@ -64,5 +64,6 @@ __all__ = [
     "parse_model_id",
     "parse_quantity",
     "reference_counts",
+    "validate_metadata",
     "validate_query",
 ]

@@ -58,16 +58,19 @@ class Problem:
 class QueryError(ValueError):
     """A query that opengem will not run, with every problem found in it."""
 
-    def __init__(self, problems: Sequence[Problem], model_id: str | None = None) -> None:
+    def __init__(
+        self, problems: Sequence[Problem], model_id: str | None = None, subject: str = "query"
+    ) -> None:
         if not problems:
             raise ValueError("QueryError needs at least one problem")
         self.problems: list[Problem] = list(problems)
         self.model_id = model_id
+        self.subject = subject
         super().__init__(self._message())
 
     def _message(self) -> str:
         n = len(self.problems)
-        head = f"invalid query for {self.model_id}" if self.model_id else "invalid query"
+        head = f"invalid {self.subject}" + (f" for {self.model_id}" if self.model_id else "")
         if n == 1:
             return f"{head}: {self.problems[0]}"
         return f"{head} ({n} problems):\n" + "\n".join(f"  - {p}" for p in self.problems)

@@ -685,6 +685,34 @@ class _Checker:
         return ids
 
 
+def validate_metadata(
+    metadata: Mapping[str, Any],
+    *,
+    location: str = "metadata",
+    fields: Collection[str] | None = None,
+    vocabulary: Vocabulary | None = None,
+    gene_space: GeneSpace | None = None,
+    resolver: TermResolver | None = None,
+) -> dict[str, str]:
+    """Check one metadata record (a query input's, or a curated sample's) with the query rules.
+
+    Returns the canonical record (unset values dropped) or raises :class:`QueryError`
+    whose problem locations start with ``location``.
+    """
+    checker = _Checker(
+        parse_model_id("gem-1-bulk"),
+        QueryLimits(),
+        vocabulary,
+        gene_space or default_gene_space(),
+        resolver,
+        None,
+    )
+    out = checker.check_metadata(location, metadata, tuple(fields or FIELDS))
+    if checker.problems:
+        raise QueryError(checker.problems, subject="metadata")
+    return out
+
+
 def validate_query(
     query: Any,
     model_id: str,
