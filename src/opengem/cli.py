@@ -139,6 +139,79 @@ def examples_cmd() -> None:
     typer.echo(f"all {len(MODEL_IDS)} example queries are valid")
 
 
+corpus_app = typer.Typer(help="Build and check the training corpus.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("build")
+def corpus_build_cmd(
+    studies: Path = typer.Option(Path("corpus/studies"), help="folder of study cards (*.toml)"),
+    data_root: Path = typer.Option(
+        None, help="data folder (default: env OPENGEM_DATA or ../shared/data)"
+    ),
+    out: Path = typer.Option(Path("build/corpus"), help="output folder"),
+    study: list[str] = typer.Option(None, help="build only these study ids (repeatable)"),
+) -> None:
+    """Read every study card and write bulk.h5ad, sc.h5ad, corpus_report.md, manifest.json."""
+    from rich.progress import Progress
+
+    from opengem.corpus import CorpusError, build_corpus, load_cards
+    from opengem.settings import data_root as default_root
+
+    root = data_root or default_root()
+    try:
+        total = len(study) if study else len(load_cards(studies))
+        with Progress(transient=True) as bar:
+            task = bar.add_task("reading studies", total=total)
+
+            def step(name: str) -> None:
+                bar.update(task, advance=1, description=f"reading {name}")
+
+            manifest = build_corpus(studies, root, out, progress=step, only=study or None)
+    except CorpusError as exc:
+        _fail(str(exc))
+    for name, digest in sorted(manifest.files.items()):
+        typer.echo(f"{out / name}  sha256 {digest}")
+    n = sum(s["samples"] for s in manifest.studies.values())
+    typer.echo(
+        f"{len(manifest.studies)} studies, {n:,} samples; corpus checksum "
+        f"{manifest.checksum}; report: {out / 'corpus_report.md'}"
+    )
+
+
+@corpus_app.command("check")
+def corpus_check_cmd(
+    cards: list[Path] = typer.Argument(..., help="study card file(s)"),
+    data_root: Path = typer.Option(None, help="data folder (default: env OPENGEM_DATA)"),
+) -> None:
+    """Read one or more cards, harmonise their data, and print every id with its label."""
+    from opengem.corpus import CorpusError, GeneMapper, load_card, process_card
+    from opengem.corpus.build import ANNOTATION_TABLE, _label
+    from opengem.ontology import default_gene_space
+    from opengem.settings import data_root as default_root
+
+    root = data_root or default_root()
+    mapper = GeneMapper.from_annotables(default_gene_space(), root / ANNOTATION_TABLE)
+    for path in cards:
+        try:
+            result = process_card(path, load_card(path), root, mapper)
+        except CorpusError as exc:
+            _fail(str(exc))
+        d = result.data
+        typer.echo(
+            f"== {result.card.study.id}: {d.counts.shape[0]:,} samples, "
+            f"{d.mapped_genes:,} of {d.source_genes:,} genes mapped, "
+            f"{d.unmapped_fraction:.2%} of counts unmapped, {result.left_out} matrix "
+            "samples not in the sheet"
+        )
+        for name in FIELDS:
+            values = result.obs[name].value_counts()
+            for value, n in values.items():
+                if value:
+                    label = _label(name, str(value))
+                    typer.echo(f"   {name:<26} {value:<22} {label[:40]:<40} {n:>6,}")
+
+
 def main() -> None:
     app()
 
