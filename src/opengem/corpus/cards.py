@@ -19,7 +19,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opengem.contract import FIELDS, QueryError, validate_metadata
-from opengem.corpus.harmonize import GENE_ID_TYPES, VALUE_TYPES
 from opengem.corpus.readers import (
     FORMATS,
     archs4_annotations,
@@ -30,7 +29,7 @@ from opengem.corpus.readers import (
     read_h5ad,
     read_mtx,
 )
-from opengem.corpus.readers.delimited import ORIENTATIONS, default_sep
+from opengem.corpus.readers.delimited import default_sep
 from opengem.corpus.study import CorpusError, StudyTable
 from opengem.ontology.genes import default_gene_space, is_ensembl_gene_id
 
