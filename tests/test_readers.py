@@ -14,6 +14,7 @@ import scipy.io
 import scipy.sparse as sp
 
 from opengem.corpus import CorpusError
+from opengem.corpus.readers import archs4 as archs4_module
 from opengem.corpus.readers import (
     archs4_annotations,
     read_archs4,
@@ -22,7 +23,6 @@ from opengem.corpus.readers import (
     read_h5ad,
     read_mtx,
 )
-from opengem.corpus.readers import archs4 as archs4_module
 from opengem.ontology import is_ensembl_gene_id
 
 GENES = ["ENSG00000141510.17", "ENSG00000075624", "ENSG00000111640.15", "ENSG00000163631"]

@@ -96,7 +96,7 @@ class MatrixSpec(_Section):
 
 class SampleSheet(_Section):
     path: str | None = None
-    id_column: str | None = None
+    id_column: str | int | None = None  # a name, or a 0-based position (for an empty header)
     sep: str | None = None
     include: dict[str, Match] = Field(default_factory=dict)
     exclude: dict[str, Match] = Field(default_factory=dict)
@@ -199,16 +199,20 @@ def _sheet(card: StudyCard, root: Path, study: str) -> pd.DataFrame | None:
     if not path.is_file():
         raise CorpusError(f"{study}: sample sheet {path} does not exist")
     sheet = pd.read_csv(path, sep=spec.sep or default_sep(path), dtype=str, keep_default_na=False)
-    if spec.id_column not in sheet.columns:
-        raise CorpusError(
-            f"{study}: sample sheet {path.name} has no column {spec.id_column!r}; "
-            f"columns: {list(sheet.columns)}"
-        )
-    ids = sheet[spec.id_column]
+    column = spec.id_column
+    if isinstance(column, int):
+        if column >= sheet.shape[1]:
+            raise CorpusError(f"{study}: sample sheet {path.name} has {sheet.shape[1]} columns; "
+                              f"id_column {column} is out of range")
+        column = str(sheet.columns[column])
+    if column not in sheet.columns:
+        raise CorpusError(f"{study}: sample sheet {path.name} has no column {column!r}; "
+                          f"columns: {list(sheet.columns)}")
+    ids = sheet[column]
     dup = ids[ids.duplicated()]
     if len(dup):
         raise CorpusError(f"{study}: sample id {dup.iloc[0]!r} appears twice in {path.name}")
-    return sheet.set_index(spec.id_column, drop=False)
+    return sheet.set_index(column, drop=False)
 
 
 def _matches(row: pd.Series, when: dict[str, Match], regex: dict[str, str], study: str) -> bool:
