@@ -32,3 +32,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def shared_data() -> Path:
     """Root of the shared public datasets (tests using it are marked ``corpus``)."""
     return _data_root()
+
+
+@pytest.fixture(scope="session")
+def shared_corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus built from every study card over the shared data (once per session)."""
+    from opengem.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(REPO / "corpus" / "studies", shared_data, out)
+    return out

@@ -268,8 +268,8 @@ FIELDS: dict[str, FieldSpec] = {
             "study",
             _T,
             FieldKind.TEXT,
-            "study accession (BioProject, GEO, SRA, ArrayExpress)",
-            example="PRJNA229998",
+            "study (batch): a corpus study id such as 'airway' (see `opengem vocab`)",
+            example="airway",
         ),
     )
 }

@@ -27,6 +27,7 @@ from opengem.contract import FIELDS, FieldKind
 from opengem.corpus.cards import StudyCard, load_card, load_cards, read_card, sample_metadata
 from opengem.corpus.harmonize import GeneMapper, HarmonizedStudy, harmonize
 from opengem.corpus.study import CorpusError
+from opengem.ontology.compounds import compound_label
 from opengem.ontology.genes import GeneSpace, default_gene_space
 from opengem.ontology.resolver import default_resolver
 from opengem.ontology.taxa import TAXA, parse_taxon
@@ -221,8 +222,8 @@ def _label(field_name: str, value: str) -> str:
         return TAXA.get(taxon, "")
     if value.startswith("ENSG"):
         return default_gene_space().symbol_of(value) or ""
-    if value.startswith("CHEMBL"):
-        return ""
+    if value.startswith(("CHEMBL", "CHEBI:")):
+        return compound_label(value) or (default_resolver().label(value) or "")
     return default_resolver().label(value) or ""
 
 

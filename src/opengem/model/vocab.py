@@ -1,0 +1,229 @@
+"""Metadata vocabularies and their encoding into tensors.
+
+A :class:`Vocabulary` is built once from training metadata (by ``opengem.train``)
+and stored in the bundle as JSON. Each categorical field has *tokens*: the
+training values plus, for ontology fields, their ancestors. A value is encoded
+as the bag of its tokens (itself and its ancestors in the vocabulary), so an
+unseen child term — a tissue subregion, a cancer subtype — shares tokens with
+its parents. Missing values use the reserved ``<unknown>`` token. Doses, times
+and ages are log-scaled numbers with a known/unknown flag; dose and time also
+carry their unit's dimension as a token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from opengem.contract import FIELDS, FieldKind, LatentGroup, parse_age, parse_quantity
+from opengem.contract.fields import GENE_TARGETING_TYPES
+
+UNKNOWN = "<unknown>"
+NUMERIC_FIELDS = ("age_years", "perturbation_dose", "perturbation_time")
+CATEGORICAL_FIELDS = tuple(f for f in FIELDS if f not in NUMERIC_FIELDS)
+#: Gene-targeting kinds: 0 none, 1 knock-down/out (crispr, shrna, sirna), 2 overexpression.
+TARGETING_KIND = {"crispr": 1, "shrna": 1, "sirna": 1, "overexpression": 2}
+Ancestors = Callable[[str], Sequence[str]]
+
+
+def _no_ancestors(term: str) -> Sequence[str]:
+    return ()
+
+
+@dataclass
+class FieldVocab:
+    """Tokens of one categorical field.
+
+    Attributes
+    ----------
+    tokens
+        Token strings; index 0 is ``<unknown>``.
+    classes
+        Values observed in training (the classifier head's classes), sorted.
+    closure
+        For each class: indices of its tokens (itself and ancestors in the vocabulary).
+    labels
+        Human labels of tokens, where known.
+    """
+
+    name: str
+    tokens: list[str]
+    classes: list[str]
+    closure: dict[str, list[int]]
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = {t: i for i, t in enumerate(self.tokens)}
+
+    def token_indices(self, value: str | None, ancestors: Ancestors = _no_ancestors) -> list[int]:
+        """Tokens a value activates; unseen values fall back to their known ancestors."""
+        if not value:
+            return [0]
+        if value in self.closure:
+            return self.closure[value]
+        known = [self._index[a] for a in ancestors(value) if a in self._index]
+        return sorted(set(known)) or [0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "classes": self.classes, "closure": self.closure,
+                "labels": self.labels}
+
+
+@dataclass
+class NumericScale:
+    """log1p-scaled value, z-normalised with training statistics and clipped to ±4."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def encode(self, value: float | None) -> tuple[float, float]:
+        if value is None:
+            return 0.0, 0.0
+        z = (math.log1p(max(value, 0.0)) - self.mean) / (self.std or 1.0)
+        return max(-4.0, min(4.0, z)), 1.0
+
+
+def numeric_value(field_name: str, text: str | None) -> tuple[float | None, str | None]:
+    """(value in base units, unit dimension) of a dose, time or age string."""
+    if not text:
+        return None, None
+    if field_name == "age_years":
+        return parse_age(text), None
+    q = parse_quantity(text, "dose" if field_name == "perturbation_dose" else "time")
+    return q.to_base(), q.dimension
+
+
+@dataclass
+class Vocabulary:
+    """Everything needed to turn metadata records into model inputs."""
+
+    fields: dict[str, FieldVocab]
+    numeric: dict[str, NumericScale]
+    units: list[str]  # unit dimension tokens; index 0 = unknown
+
+    @classmethod
+    def build(cls, records: Sequence[Mapping[str, str]], ancestors: Ancestors = _no_ancestors,
+              labels: Callable[[str, str], str] | None = None) -> Vocabulary:
+        """Vocabulary of training records (ontology ancestors included for ontology fields)."""
+        fields: dict[str, FieldVocab] = {}
+        for name in CATEGORICAL_FIELDS:
+            classes = sorted({r[name] for r in records if r.get(name)})
+            ontology = FIELDS[name].kind is FieldKind.ONTOLOGY and name != "perturbation_ontology_id"
+            extra = sorted({a for c in classes for a in (ancestors(c) if ontology else ())}
+                           - set(classes))
+            tokens = [UNKNOWN, *classes, *extra]
+            index = {t: i for i, t in enumerate(tokens)}
+            closure = {
+                c: sorted({index[c]} | {index[a] for a in (ancestors(c) if ontology else ())
+                                        if a in index})
+                for c in classes
+            }
+            names = {t: labels(name, t) for t in tokens[1:]} if labels else {}
+            fields[name] = FieldVocab(name, tokens, classes, closure,
+                                      {k: v for k, v in names.items() if v})
+        numeric: dict[str, NumericScale] = {}
+        units = {UNKNOWN}
+        for name in NUMERIC_FIELDS:
+            values = []
+            for r in records:
+                value, unit = numeric_value(name, r.get(name))
+                if value is not None:
+                    values.append(math.log1p(max(value, 0.0)))
+                if unit:
+                    units.add(unit)
+            if values:
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) or 1.0
+                numeric[name] = NumericScale(mean, std)
+            else:
+                numeric[name] = NumericScale()
+        return cls(fields, numeric, [UNKNOWN, *sorted(units - {UNKNOWN})])
+
+    # ------------------------------------------------------------------ persistence
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fields": {k: v.to_json() for k, v in self.fields.items()},
+            "numeric": {k: [v.mean, v.std] for k, v in self.numeric.items()},
+            "units": self.units,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Vocabulary:
+        fields = {
+            k: FieldVocab(k, v["tokens"], v["classes"],
+                          {c: list(ix) for c, ix in v["closure"].items()}, v.get("labels", {}))
+            for k, v in data["fields"].items()
+        }
+        numeric = {k: NumericScale(*v) for k, v in data["numeric"].items()}
+        return cls(fields, numeric, list(data["units"]))
+
+    def values(self, name: str) -> dict[str, str]:
+        """Training values of a categorical field with their labels (for validation, `vocab`)."""
+        fv = self.fields[name]
+        return {c: fv.labels.get(c, "") for c in fv.classes}
+
+    def as_validation_vocabulary(self) -> dict[str, dict[str, str]]:
+        """Per field: the values a query may use (fields never seen in training are open)."""
+        return {name: self.values(name) for name, fv in self.fields.items() if fv.classes}
+
+    # --------------------------------------------------------------------- encoding
+    def encode(self, records: Sequence[Mapping[str, str]], gene_index: Callable[[str], int | None],
+               ancestors: Ancestors = _no_ancestors) -> dict[str, torch.Tensor]:
+        """Tensors for a batch of canonical metadata records.
+
+        Returns a dict with, per categorical field ``f``: ``cat:f:idx`` / ``cat:f:off``
+        (EmbeddingBag inputs); per numeric field ``num:f`` (B × 2: value, known); ``unit:dose``,
+        ``unit:time`` (B); ``target_gene`` (B; -1 none) and ``target_kind`` (B).
+        """
+        out: dict[str, torch.Tensor] = {}
+        for name, fv in self.fields.items():
+            idx: list[int] = []
+            off: list[int] = []
+            for r in records:
+                off.append(len(idx))
+                idx.extend(fv.token_indices(r.get(name), ancestors))
+            out[f"cat:{name}:idx"] = torch.tensor(idx, dtype=torch.long)
+            out[f"cat:{name}:off"] = torch.tensor(off, dtype=torch.long)
+        unit_index = {u: i for i, u in enumerate(self.units)}
+        for name in NUMERIC_FIELDS:
+            rows, units = [], []
+            for r in records:
+                value, unit = numeric_value(name, r.get(name))
+                rows.append(self.numeric[name].encode(value))
+                units.append(unit_index.get(unit or UNKNOWN, 0))
+            out[f"num:{name}"] = torch.tensor(rows, dtype=torch.float32)
+            if name != "age_years":
+                out[f"unit:{name}"] = torch.tensor(units, dtype=torch.long)
+        targets, kinds = [], []
+        for r in records:
+            kind = TARGETING_KIND.get(r.get("perturbation_type", ""), 0)
+            pid = r.get("perturbation_ontology_id", "")
+            where = gene_index(pid) if kind and pid else None
+            targets.append(-1 if where is None else where)
+            kinds.append(kind if where is not None else 0)
+        out["target_gene"] = torch.tensor(targets, dtype=torch.long)
+        out["target_kind"] = torch.tensor(kinds, dtype=torch.long)
+        return out
+
+    def class_labels(self, records: Iterable[Mapping[str, str]]) -> dict[str, torch.Tensor]:
+        """Per field with ≥ 2 classes: class index of each record, -1 when unknown."""
+        records = list(records)
+        out = {}
+        for name, fv in self.fields.items():
+            if len(fv.classes) < 2:
+                continue
+            pos = {c: i for i, c in enumerate(fv.classes)}
+            out[name] = torch.tensor([pos.get(r.get(name, ""), -1) for r in records],
+                                     dtype=torch.long)
+        return out
+
+
+def field_group(name: str) -> LatentGroup:
+    return FIELDS[name].group
+
+
+assert set(GENE_TARGETING_TYPES) == set(TARGETING_KIND)
