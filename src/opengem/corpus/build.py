@@ -27,10 +27,8 @@ from opengem.contract import FIELDS, FieldKind
 from opengem.corpus.cards import StudyCard, load_card, load_cards, read_card, sample_metadata
 from opengem.corpus.harmonize import GeneMapper, HarmonizedStudy, harmonize
 from opengem.corpus.study import CorpusError
-from opengem.ontology.compounds import compound_label
+from opengem.ontology.describe import term_label
 from opengem.ontology.genes import GeneSpace, default_gene_space
-from opengem.ontology.resolver import default_resolver
-from opengem.ontology.taxa import TAXA, parse_taxon
 
 MODALITIES = ("bulk", "sc")
 ANNOTATION_TABLE = Path("gene_annotation/annotables_grch38.tsv.gz")
@@ -213,18 +211,9 @@ def build_corpus(
 
 # ------------------------------------------------------------------------- the report
 def _label(field_name: str, value: str) -> str:
-    if not value:
-        return ""
     if FIELDS[field_name].kind is not FieldKind.ONTOLOGY:
         return value
-    taxon = parse_taxon(value)
-    if value.startswith("NCBITaxon:") and taxon:
-        return TAXA.get(taxon, "")
-    if value.startswith("ENSG"):
-        return default_gene_space().symbol_of(value) or ""
-    if value.startswith(("CHEMBL", "CHEBI:")):
-        return compound_label(value) or (default_resolver().label(value) or "")
-    return default_resolver().label(value) or ""
+    return term_label(value)
 
 
 def render_report(results: list[StudyResult], manifest: CorpusManifest) -> str:

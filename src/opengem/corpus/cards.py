@@ -202,12 +202,16 @@ def _sheet(card: StudyCard, root: Path, study: str) -> pd.DataFrame | None:
     column = spec.id_column
     if isinstance(column, int):
         if column >= sheet.shape[1]:
-            raise CorpusError(f"{study}: sample sheet {path.name} has {sheet.shape[1]} columns; "
-                              f"id_column {column} is out of range")
+            raise CorpusError(
+                f"{study}: sample sheet {path.name} has {sheet.shape[1]} columns; "
+                f"id_column {column} is out of range"
+            )
         column = str(sheet.columns[column])
     if column not in sheet.columns:
-        raise CorpusError(f"{study}: sample sheet {path.name} has no column {column!r}; "
-                          f"columns: {list(sheet.columns)}")
+        raise CorpusError(
+            f"{study}: sample sheet {path.name} has no column {column!r}; "
+            f"columns: {list(sheet.columns)}"
+        )
     ids = sheet[column]
     dup = ids[ids.duplicated()]
     if len(dup):

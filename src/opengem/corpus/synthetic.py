@@ -81,23 +81,37 @@ def synthetic_corpus(
             treated = program.copy()
             treated[up] *= fold
             treated[down] /= fold
-            conditions.append(({"perturbation_type": "compound", "perturbation_ontology_id": DEX,
-                                "perturbation_dose": "1 uM", "perturbation_time": "18 hours"},
-                               treated))
+            conditions.append(
+                (
+                    {
+                        "perturbation_type": "compound",
+                        "perturbation_ontology_id": DEX,
+                        "perturbation_dose": "1 uM",
+                        "perturbation_time": "18 hours",
+                    },
+                    treated,
+                )
+            )
             # each study knocks down one of the targets (the last target is never knocked
             # down in study 0, so it can be held out)
             target = list(targets)[study % len(targets)]
             kd = program.copy()
             kd[targets[target]] /= kd_fold
-            conditions.append(({"perturbation_type": "shrna",
-                                "perturbation_ontology_id": target}, kd))
+            conditions.append(
+                ({"perturbation_type": "shrna", "perturbation_ontology_id": target}, kd)
+            )
             for meta, mean in conditions:
                 for rep in range(samples_per_condition):
-                    rows.append({
-                        "tissue_ontology_id": tissue, "sample_type": "primary tissue",
-                        "sex": "female" if rep % 2 else "male", "library_layout": "PAIRED",
-                        "study": f"synthetic_{study}", **meta,
-                    })
+                    rows.append(
+                        {
+                            "tissue_ontology_id": tissue,
+                            "sample_type": "primary tissue",
+                            "sex": "female" if rep % 2 else "male",
+                            "library_layout": "PAIRED",
+                            "study": f"synthetic_{study}",
+                            **meta,
+                        }
+                    )
                     means.append(mean * batch)
     mu = np.array(means)
     mu = mu / mu.sum(axis=1, keepdims=True)
@@ -124,7 +138,8 @@ def synthetic_corpus(
         if s == subset_study:
             mask[n_genes // 2 :, j] = 0
     adata = anndata.AnnData(
-        X=sp.csr_matrix(X), obs=obs,
+        X=sp.csr_matrix(X),
+        obs=obs,
         var=pd.DataFrame({"symbol": list(space.symbols)}, index=list(space.gene_ids)),
     )
     adata.varm["study_mask"] = mask

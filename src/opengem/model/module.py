@@ -66,7 +66,10 @@ class LossOutput:
     accuracy: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float]:
-        out = {"loss": float(self.loss.detach()), "reconstruction": float(self.reconstruction.detach())}
+        out = {
+            "loss": float(self.loss.detach()),
+            "reconstruction": float(self.reconstruction.detach()),
+        }
         out.update({f"kl_{k}": float(v.detach()) for k, v in self.kl.items()})
         out.update({f"ce_{k}": float(v.detach()) for k, v in self.classification.items()})
         if self.prior_reconstruction is not None:
@@ -74,8 +77,9 @@ class LossOutput:
         return out
 
 
-def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor,
-                      eps: float = 1e-8) -> torch.Tensor:
+def nb_log_likelihood(
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
     """Negative-binomial log-likelihood (mean ``mu``, inverse dispersion ``theta``), per entry."""
     log_theta_mu = torch.log(theta + mu + eps)
     return (
@@ -89,8 +93,9 @@ def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor,
 
 class _Mlp(nn.Sequential):
     def __init__(self, n_in: int, n_hidden: int, dropout: float) -> None:
-        super().__init__(nn.Linear(n_in, n_hidden), nn.LayerNorm(n_hidden), nn.GELU(),
-                         nn.Dropout(dropout))
+        super().__init__(
+            nn.Linear(n_in, n_hidden), nn.LayerNorm(n_hidden), nn.GELU(), nn.Dropout(dropout)
+        )
 
 
 class GEMModule(nn.Module):
@@ -104,31 +109,38 @@ class GEMModule(nn.Module):
         self.enc_in = nn.Parameter(torch.empty(c.hidden, c.n_genes))
         nn.init.xavier_uniform_(self.enc_in)
         self.enc_bias = nn.Parameter(torch.zeros(c.hidden))
-        self.encoder = nn.Sequential(nn.LayerNorm(c.hidden), nn.GELU(), nn.Dropout(c.dropout),
-                                     _Mlp(c.hidden, c.hidden, c.dropout))
-        self.q_heads = nn.ModuleDict({
-            g.value: nn.Linear(c.hidden, 2 * c.latent_dim(g)) for g in GROUPS
-        })
+        self.encoder = nn.Sequential(
+            nn.LayerNorm(c.hidden),
+            nn.GELU(),
+            nn.Dropout(c.dropout),
+            _Mlp(c.hidden, c.hidden, c.dropout),
+        )
+        self.q_heads = nn.ModuleDict(
+            {g.value: nn.Linear(c.hidden, 2 * c.latent_dim(g)) for g in GROUPS}
+        )
         # ---- metadata embeddings and priors p(z_g | metadata_g)
         self.group_fields = {g: [f for f in vocab.fields if field_group(f) is g] for g in GROUPS}
-        self.group_numeric = {g: [f for f in NUMERIC_FIELDS if field_group(f) is g]
-                              for g in GROUPS}
-        self.embeddings = nn.ModuleDict({
-            f: nn.EmbeddingBag(len(fv.tokens), c.embedding, mode="mean")
-            for f, fv in vocab.fields.items()
-        })
+        self.group_numeric = {g: [f for f in NUMERIC_FIELDS if field_group(f) is g] for g in GROUPS}
+        self.embeddings = nn.ModuleDict(
+            {
+                f: nn.EmbeddingBag(len(fv.tokens), c.embedding, mode="mean")
+                for f, fv in vocab.fields.items()
+            }
+        )
         self.unit_embedding = nn.Embedding(len(vocab.units), 4)
         self.priors = nn.ModuleDict()
         for g in GROUPS:
             n_in = c.embedding * len(self.group_fields[g]) + sum(
-                2 + (4 if f != "age_years" else 0) for f in self.group_numeric[g])
+                2 + (4 if f != "age_years" else 0) for f in self.group_numeric[g]
+            )
             self.priors[g.value] = nn.Sequential(
                 _Mlp(n_in, c.prior_hidden, 0.0), nn.Linear(c.prior_hidden, 2 * c.latent_dim(g))
             )
         # ---- decoder p(x|z)
         n_latent = sum(c.latent_dim(g) for g in GROUPS)
-        self.decoder = nn.Sequential(_Mlp(n_latent, c.hidden, c.dropout),
-                                     _Mlp(c.hidden, c.hidden, 0.0))
+        self.decoder = nn.Sequential(
+            _Mlp(n_latent, c.hidden, c.dropout), _Mlp(c.hidden, c.hidden, 0.0)
+        )
         self.dec_out = nn.Parameter(torch.empty(c.n_genes, c.hidden))
         nn.init.xavier_uniform_(self.dec_out)
         self.dec_bias = nn.Parameter(torch.zeros(c.n_genes))
@@ -136,14 +148,18 @@ class GEMModule(nn.Module):
         # on-target logit shift per targeting kind: [none, knock-down/out, overexpression]
         self.on_target = nn.Parameter(torch.tensor([0.0, -2.0, 2.0]))
         # ---- classifier heads on each group's latent
-        self.classifiers = nn.ModuleDict({
-            f: nn.Linear(c.latent_dim(field_group(f)), len(fv.classes))
-            for f, fv in vocab.fields.items() if len(fv.classes) >= 2
-        })
+        self.classifiers = nn.ModuleDict(
+            {
+                f: nn.Linear(c.latent_dim(field_group(f)), len(fv.classes))
+                for f, fv in vocab.fields.items()
+                if len(fv.classes) >= 2
+            }
+        )
 
     # ------------------------------------------------------------------ inference
-    def inference(self, x: torch.Tensor, genes: torch.Tensor | None = None
-                  ) -> dict[LatentGroup, tuple[torch.Tensor, torch.Tensor]]:
+    def inference(
+        self, x: torch.Tensor, genes: torch.Tensor | None = None
+    ) -> dict[LatentGroup, tuple[torch.Tensor, torch.Tensor]]:
         """q(z_g | x) as (mean, std) per group.
 
         ``x`` holds counts of the genes in ``genes`` (all genes when None).
@@ -159,13 +175,16 @@ class GEMModule(nn.Module):
             out[g] = (mean, F.softplus(raw) + 1e-4)
         return out
 
-    def prior(self, meta: dict[str, torch.Tensor]
-              ) -> dict[LatentGroup, tuple[torch.Tensor, torch.Tensor]]:
+    def prior(
+        self, meta: dict[str, torch.Tensor]
+    ) -> dict[LatentGroup, tuple[torch.Tensor, torch.Tensor]]:
         """p(z_g | metadata_g) as (mean, std) per group."""
         out = {}
         for g in GROUPS:
-            parts = [self.embeddings[f](meta[f"cat:{f}:idx"], meta[f"cat:{f}:off"])
-                     for f in self.group_fields[g]]
+            parts = [
+                self.embeddings[f](meta[f"cat:{f}:idx"], meta[f"cat:{f}:off"])
+                for f in self.group_fields[g]
+            ]
             for f in self.group_numeric[g]:
                 parts.append(meta[f"num:{f}"])
                 if f != "age_years":
@@ -175,9 +194,13 @@ class GEMModule(nn.Module):
         return out
 
     # ----------------------------------------------------------------- generative
-    def generative(self, z: dict[LatentGroup, torch.Tensor], library: torch.Tensor,
-                   meta: dict[str, torch.Tensor], genes: torch.Tensor | None = None
-                   ) -> dict[str, torch.Tensor]:
+    def generative(
+        self,
+        z: dict[LatentGroup, torch.Tensor],
+        library: torch.Tensor,
+        meta: dict[str, torch.Tensor],
+        genes: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Decoder: expected counts ``mu`` and dispersion ``theta`` over ``genes``."""
         h = self.decoder(torch.cat([z[g] for g in GROUPS], dim=-1))
         weight = self.dec_out if genes is None else self.dec_out[genes]
@@ -188,8 +211,9 @@ class GEMModule(nn.Module):
         theta = torch.exp(self.log_theta if genes is None else self.log_theta[genes])
         return {"mu": library * scale, "scale": scale, "theta": theta.expand_as(scale)}
 
-    def _on_target(self, meta: dict[str, torch.Tensor], genes: torch.Tensor | None,
-                   n_cols: int) -> torch.Tensor:
+    def _on_target(
+        self, meta: dict[str, torch.Tensor], genes: torch.Tensor | None, n_cols: int
+    ) -> torch.Tensor:
         target, kind = meta["target_gene"], meta["target_kind"]
         shift = torch.zeros(target.shape[0], n_cols, device=target.device)
         active = (target >= 0) & (kind > 0)
@@ -211,9 +235,14 @@ class GEMModule(nn.Module):
         return {f: head(z[field_group(f)]) for f, head in self.classifiers.items()}
 
     # ----------------------------------------------------------------------- loss
-    def loss(self, x: torch.Tensor, meta: dict[str, torch.Tensor],
-             labels: dict[str, torch.Tensor], genes: torch.Tensor | None = None,
-             kl_weight: float | None = None) -> LossOutput:
+    def loss(
+        self,
+        x: torch.Tensor,
+        meta: dict[str, torch.Tensor],
+        labels: dict[str, torch.Tensor],
+        genes: torch.Tensor | None = None,
+        kl_weight: float | None = None,
+    ) -> LossOutput:
         c = self.config
         beta = c.kl_weight if kl_weight is None else kl_weight
         library = x.sum(dim=1, keepdim=True)
@@ -222,8 +251,9 @@ class GEMModule(nn.Module):
         z = {g: Normal(*q[g]).rsample() for g in GROUPS}
         out = self.generative(z, library, meta, genes)
         nll = -nb_log_likelihood(x, out["mu"], out["theta"]).sum(dim=-1)
-        kl = {g.value: kl_divergence(Normal(*q[g]), Normal(*p[g])).sum(dim=-1).mean()
-              for g in GROUPS}
+        kl = {
+            g.value: kl_divergence(Normal(*q[g]), Normal(*p[g])).sum(dim=-1).mean() for g in GROUPS
+        }
         elbo = nll.mean() + beta * sum(kl.values())
         prior_nll = None
         if c.prior_reconstruction_weight > 0:
@@ -242,5 +272,6 @@ class GEMModule(nn.Module):
                 acc[f] = (logits[f][known].argmax(-1) == y[known]).float().mean()
         if ce:
             total = total + c.classifier_weight * sum(ce.values())
-        return LossOutput(total, nll.mean(), kl, ce,
-                          None if prior_nll is None else prior_nll.mean(), acc)
+        return LossOutput(
+            total, nll.mean(), kl, ce, None if prior_nll is None else prior_nll.mean(), acc
+        )

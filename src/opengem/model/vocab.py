@@ -69,8 +69,12 @@ class FieldVocab:
         return sorted(set(known)) or [0]
 
     def to_json(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "classes": self.classes, "closure": self.closure,
-                "labels": self.labels}
+        return {
+            "tokens": self.tokens,
+            "classes": self.classes,
+            "closure": self.closure,
+            "labels": self.labels,
+        }
 
 
 @dataclass
@@ -106,25 +110,35 @@ class Vocabulary:
     units: list[str]  # unit dimension tokens; index 0 = unknown
 
     @classmethod
-    def build(cls, records: Sequence[Mapping[str, str]], ancestors: Ancestors = _no_ancestors,
-              labels: Callable[[str, str], str] | None = None) -> Vocabulary:
+    def build(
+        cls,
+        records: Sequence[Mapping[str, str]],
+        ancestors: Ancestors = _no_ancestors,
+        labels: Callable[[str, str], str] | None = None,
+    ) -> Vocabulary:
         """Vocabulary of training records (ontology ancestors included for ontology fields)."""
         fields: dict[str, FieldVocab] = {}
         for name in CATEGORICAL_FIELDS:
             classes = sorted({r[name] for r in records if r.get(name)})
-            ontology = FIELDS[name].kind is FieldKind.ONTOLOGY and name != "perturbation_ontology_id"
-            extra = sorted({a for c in classes for a in (ancestors(c) if ontology else ())}
-                           - set(classes))
+            ontology = (
+                FIELDS[name].kind is FieldKind.ONTOLOGY and name != "perturbation_ontology_id"
+            )
+            extra = sorted(
+                {a for c in classes for a in (ancestors(c) if ontology else ())} - set(classes)
+            )
             tokens = [UNKNOWN, *classes, *extra]
             index = {t: i for i, t in enumerate(tokens)}
             closure = {
-                c: sorted({index[c]} | {index[a] for a in (ancestors(c) if ontology else ())
-                                        if a in index})
+                c: sorted(
+                    {index[c]}
+                    | {index[a] for a in (ancestors(c) if ontology else ()) if a in index}
+                )
                 for c in classes
             }
             names = {t: labels(name, t) for t in tokens[1:]} if labels else {}
-            fields[name] = FieldVocab(name, tokens, classes, closure,
-                                      {k: v for k, v in names.items() if v})
+            fields[name] = FieldVocab(
+                name, tokens, classes, closure, {k: v for k, v in names.items() if v}
+            )
         numeric: dict[str, NumericScale] = {}
         units = {UNKNOWN}
         for name in NUMERIC_FIELDS:
@@ -154,8 +168,13 @@ class Vocabulary:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Vocabulary:
         fields = {
-            k: FieldVocab(k, v["tokens"], v["classes"],
-                          {c: list(ix) for c, ix in v["closure"].items()}, v.get("labels", {}))
+            k: FieldVocab(
+                k,
+                v["tokens"],
+                v["classes"],
+                {c: list(ix) for c, ix in v["closure"].items()},
+                v.get("labels", {}),
+            )
             for k, v in data["fields"].items()
         }
         numeric = {k: NumericScale(*v) for k, v in data["numeric"].items()}
@@ -171,8 +190,12 @@ class Vocabulary:
         return {name: self.values(name) for name, fv in self.fields.items() if fv.classes}
 
     # --------------------------------------------------------------------- encoding
-    def encode(self, records: Sequence[Mapping[str, str]], gene_index: Callable[[str], int | None],
-               ancestors: Ancestors = _no_ancestors) -> dict[str, torch.Tensor]:
+    def encode(
+        self,
+        records: Sequence[Mapping[str, str]],
+        gene_index: Callable[[str], int | None],
+        ancestors: Ancestors = _no_ancestors,
+    ) -> dict[str, torch.Tensor]:
         """Tensors for a batch of canonical metadata records.
 
         Returns a dict with, per categorical field ``f``: ``cat:f:idx`` / ``cat:f:off``
@@ -217,8 +240,9 @@ class Vocabulary:
             if len(fv.classes) < 2:
                 continue
             pos = {c: i for i, c in enumerate(fv.classes)}
-            out[name] = torch.tensor([pos.get(r.get(name, ""), -1) for r in records],
-                                     dtype=torch.long)
+            out[name] = torch.tensor(
+                [pos.get(r.get(name, ""), -1) for r in records], dtype=torch.long
+            )
         return out
 
 
