@@ -212,6 +212,36 @@ def corpus_check_cmd(
                     typer.echo(f"   {name:<26} {value:<22} {label[:40]:<40} {n:>6,}")
 
 
+@app.command("train")
+def train_cmd(
+    corpus: Path = typer.Option(..., help="corpus file (bulk.h5ad or sc.h5ad)"),
+    config: Path = typer.Option(..., help="training config (configs/bulk.toml, configs/sc.toml)"),
+    out: Path = typer.Option(..., help="bundle directory to write"),
+    devices: str = typer.Option(None, help="Lightning devices (e.g. 2 for 2-process CPU DDP)"),
+    num_nodes: int = typer.Option(None, help="Lightning num_nodes (multi-node DDP)"),
+    strategy: str = typer.Option(None, help="Lightning strategy (auto, ddp, ddp_spawn…)"),
+    max_epochs: int = typer.Option(None, help="override the config's max_epochs"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Train a model bundle on a corpus; prints wall time and validation loss."""
+    from opengem.train import load_config
+    from opengem.train.fit import train_bundle
+
+    if not corpus.is_file():
+        _fail(f"corpus file {corpus} does not exist (build it with `opengem corpus build`)")
+    try:
+        cfg = load_config(config)
+        dev: int | str | None = int(devices) if devices and devices.isdigit() else devices
+        result = train_bundle(corpus, cfg, out, progress=progress, devices=dev,
+                              num_nodes=num_nodes, strategy=strategy, max_epochs=max_epochs)
+    except ValueError as exc:
+        _fail(str(exc))
+    v = result.validation
+    typer.echo(f"trained in {result.wall_seconds:.0f} s, {result.epochs} epochs (best "
+               f"{result.best_epoch}); validation loss {v.get('loss', float('nan')):.4f} on "
+               f"{v.get('n_samples', 0)} samples of held-out studies; bundle: {out}")
+
+
 def main() -> None:
     app()
 

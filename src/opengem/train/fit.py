@@ -214,6 +214,10 @@ def train_bundle(
             else {"n_samples": int(adata.n_obs)}
         ),
         "validation": validation,
+        "latent_library_sizes": (
+            np.asarray(adata.obs["library_size"]).astype(int).tolist()
+            if store_latents and "library_size" in adata.obs else []
+        ),
     }
     bundle = Bundle(
         module,
