@@ -139,6 +139,185 @@ def examples_cmd() -> None:
     typer.echo(f"all {len(MODEL_IDS)} example queries are valid")
 
 
+def _run(query: Any, model_id: str) -> Any:
+    """Validate against the model and run; bad input exits 2 with the problems."""
+    from opengem.client.embedded import run_query
+    from opengem.engine import BundleError
+
+    try:
+        return run_query(query, model_id)
+    except UnknownModelError as exc:
+        _fail(str(exc))
+    except QueryError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except BundleError as exc:
+        _fail(str(exc))
+
+
+def write_result(result: Any, out: Path) -> None:
+    """Write a result as .h5ad, .csv (expression; metadata beside it) or .parquet, atomically."""
+    import os
+
+    from opengem.client.embedded import to_anndata
+
+    suffix = out.suffix.lower()
+    if suffix not in (".h5ad", ".csv", ".parquet"):
+        _fail(f"--out {out}: unknown format {suffix!r}; use .h5ad, .csv or .parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    frames = result.to_frames()
+    if suffix == ".h5ad":
+        to_anndata(result).write_h5ad(tmp)
+    elif suffix == ".csv":
+        frames["expression"].to_csv(tmp, index_label="sample")
+        meta = out.with_name(out.stem + ".metadata.csv")
+        frames["metadata"].to_csv(meta, index_label="sample")
+    else:
+        table = frames["metadata"].add_prefix("meta_").join(frames["expression"])
+        table.to_parquet(tmp)
+    os.replace(tmp, out)
+
+
+def summary(model_id: str, result: Any) -> str:
+    """Shape, library sizes and top genes of a result, for people."""
+    import numpy as np
+
+    from opengem.ontology import default_gene_space
+
+    counts = result.counts if hasattr(result, "counts") else result.decoder_counts
+    libs = counts.sum(axis=1)
+    genes = default_gene_space()
+    top = np.argsort(-counts.mean(axis=0))[:5]
+    names = ", ".join(genes.symbols[i] for i in top)
+    text = (
+        f"{model_id}: {counts.shape[0]} samples × {counts.shape[1]:,} genes; library sizes "
+        f"{int(libs.min()):,}–{int(libs.max()):,}; top genes {names}"
+    )
+    if hasattr(result, "classifier_probs"):
+        first = result.metadata[0]
+        text += (
+            f"; predicted tissue {first.get('tissue_ontology_id') or '-'} "
+            f"({first.get('tissue_label') or ''}), cell type "
+            f"{first.get('cell_type_ontology_id') or '-'} ({first.get('cell_type_label') or ''})"
+        )
+    return text
+
+
+@app.command("generate")
+def generate_cmd(
+    model_id: str = typer.Argument(..., help="a model id (see `opengem models`)"),
+    query: str = typer.Option(..., "--query", "-q", help="query JSON file, or - for stdin"),
+    out: Path = typer.Option(None, "--out", "-o", help="write .h5ad, .csv or .parquet"),
+) -> None:
+    """Run a query with the local models (no server) and write or summarise the result."""
+    result = _run(_load_json(query), model_id)
+    if out is not None:
+        write_result(result, out)
+    typer.echo(summary(model_id, result) + (f" -> {out}" if out else ""))
+
+
+@app.command("predict-metadata")
+def predict_metadata_cmd(
+    counts: Path = typer.Option(
+        ...,
+        help="counts table: rows = samples, columns = gene ids "
+        "(Ensembl or symbols; csv/tsv); missing genes count as 0",
+    ),
+    modality: str = typer.Option("bulk", help="bulk or sc"),
+    out: Path = typer.Option(None, "--out", "-o", help="write predictions as .csv"),
+) -> None:
+    """Predict tissue, cell type, disease, sex… of each sample in a counts table."""
+    import numpy as np
+    import pandas as pd
+
+    from opengem.ontology import default_gene_space
+
+    if modality not in ("bulk", "sc"):
+        _fail(f"--modality {modality!r}: use 'bulk' or 'sc'")
+    if not counts.is_file():
+        _fail(f"counts file {counts} does not exist")
+    sep = "\t" if counts.suffix in (".tsv", ".txt") or counts.name.endswith(".tsv.gz") else ","
+    table = pd.read_csv(counts, sep=sep, index_col=0)
+    genes = default_gene_space()
+    positions = genes.positions([str(c) for c in table.columns])
+    if (positions >= 0).sum() == 0:
+        _fail(
+            f"{counts}: no column is a gene of opengem's gene space ({genes.release}); columns "
+            f"should be Ensembl ids or symbols, rows samples"
+        )
+    matrix = np.zeros((len(table), len(genes)), dtype=np.int64)
+    values = table.to_numpy()
+    if not np.issubdtype(values.dtype, np.number):
+        _fail(f"{counts}: every column after the first (sample ids) must hold counts")
+    keep = positions >= 0
+    np.add.at(matrix.T, positions[keep], np.rint(values[:, keep]).astype(np.int64).T)
+    model_id = f"gem-1-{modality}_predict-metadata"
+    result = _run({"inputs": [{"counts": row} for row in matrix.tolist()]}, model_id)
+    frame = result.to_frames()["metadata"]
+    frame.index = table.index
+    if out is not None:
+        frame.to_csv(out)
+    fields = [
+        "tissue_ontology_id",
+        "tissue_label",
+        "cell_type_ontology_id",
+        "cell_type_label",
+        "disease_ontology_id",
+        "disease_label",
+        "sex",
+        "sample_type",
+    ]
+    typer.echo(frame[[f for f in fields if f in frame]].to_string())
+    typer.echo(f"{int(keep.sum()):,} of {len(table.columns):,} columns mapped onto the gene space")
+
+
+@app.command("vocab")
+def vocab_cmd(
+    model_id: str = typer.Argument(..., help="a model id (see `opengem models`)"),
+    field: str = typer.Argument(None, help="one metadata field (default: a count per field)"),
+) -> None:
+    """The values a model knows for each metadata field, with labels."""
+    from opengem.engine import BundleError, default_registry
+
+    try:
+        vocab = default_registry().predictor(model_id).vocab
+    except UnknownModelError as exc:
+        _fail(str(exc))
+    except BundleError as exc:
+        _fail(str(exc))
+    if field is None:
+        for name, fv in vocab.fields.items():
+            typer.echo(f"{name:<26} {len(fv.classes):>5} values")
+        return
+    if field not in vocab.fields:
+        _fail(
+            f"{field!r} is not a categorical field of this model; fields: {', '.join(vocab.fields)}"
+        )
+    for value, label in vocab.values(field).items():
+        typer.echo(f"{value:<24} {label}")
+
+
+@app.command("run")
+def run_cmd(out: Path = typer.Option(Path("results"), help="output folder")) -> None:
+    """The main job: every model's example query through the shipped models -> results/*.h5ad."""
+    from opengem.engine import default_registry
+
+    registry = default_registry()
+    for model_id in MODEL_IDS:
+        if not registry.available(model_id):
+            _fail(
+                str(registry.bundle_dir(model_id)) + " has no bundle; train one "
+                "(see README: retraining the shipped models)"
+            )
+        query = get_example_query(model_id)["example_query"]
+        start = time.perf_counter()
+        result = _run(query, model_id)
+        path = out / f"{model_id}.h5ad"
+        write_result(result, path)
+        typer.echo(f"{summary(model_id, result)} ({time.perf_counter() - start:.2f} s) -> {path}")
+
+
 corpus_app = typer.Typer(help="Build and check the training corpus.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 
@@ -232,14 +411,24 @@ def train_cmd(
     try:
         cfg = load_config(config)
         dev: int | str | None = int(devices) if devices and devices.isdigit() else devices
-        result = train_bundle(corpus, cfg, out, progress=progress, devices=dev,
-                              num_nodes=num_nodes, strategy=strategy, max_epochs=max_epochs)
+        result = train_bundle(
+            corpus,
+            cfg,
+            out,
+            progress=progress,
+            devices=dev,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            max_epochs=max_epochs,
+        )
     except ValueError as exc:
         _fail(str(exc))
     v = result.validation
-    typer.echo(f"trained in {result.wall_seconds:.0f} s, {result.epochs} epochs (best "
-               f"{result.best_epoch}); validation loss {v.get('loss', float('nan')):.4f} on "
-               f"{v.get('n_samples', 0)} samples of held-out studies; bundle: {out}")
+    typer.echo(
+        f"trained in {result.wall_seconds:.0f} s, {result.epochs} epochs (best "
+        f"{result.best_epoch}); validation loss {v.get('loss', float('nan')):.4f} on "
+        f"{v.get('n_samples', 0)} samples of held-out studies; bundle: {out}"
+    )
 
 
 def main() -> None:

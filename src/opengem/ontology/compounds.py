@@ -17,7 +17,7 @@ def compound_names() -> dict[str, str]:
     text = resources.files("opengem.data").joinpath("compounds.tsv").read_text()
     names: dict[str, str] = {}
     for line in text.splitlines()[2:]:
-        compound_id, name, chembl_id, chebi_id = (line.split("\t") + ["", "", "", ""])[:4]
+        compound_id, name, chembl_id, chebi_id = [*line.split("\t"), "", "", ""][:4]
         for key in (compound_id, chembl_id, chebi_id):
             if key:
                 names.setdefault(key, name)

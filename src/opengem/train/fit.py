@@ -129,7 +129,7 @@ def train_bundle(
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from opengem.train.plan import KeepBest, TrainingPlan
+    from opengem.train.plan import EpochLog, KeepBest, TrainingPlan
 
     t = config.training
     start = time.perf_counter()
@@ -161,7 +161,7 @@ def train_bundle(
     )
     plan = TrainingPlan(module, t, steps_per_epoch=len(train_loader))
     keep = KeepBest()
-    callbacks: list[Any] = [keep]
+    callbacks: list[Any] = [keep] if progress else [keep, EpochLog()]
     if val_loader is not None:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=t.patience, mode="min"))
     trainer = L.Trainer(

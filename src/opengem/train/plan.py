@@ -87,3 +87,17 @@ class KeepBest(L.Callback):
             self.best = float(value)
             self.best_epoch = trainer.current_epoch
             self.state = copy.deepcopy(plan.module.state_dict())
+
+
+class EpochLog(L.Callback):
+    """One line per epoch on stderr (for logs where a progress bar is off)."""
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, plan: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        import sys
+
+        m = trainer.callback_metrics
+        parts = [f"{k} {float(v):.4f}" for k, v in sorted(m.items()) if k.endswith("loss")]
+        print(f"epoch {trainer.current_epoch}: " + ", ".join(parts), file=sys.stderr,
+              flush=True)
