@@ -798,8 +798,23 @@ def test_vocabulary_membership() -> None:
     (problem,) = err.value.problems
     assert "not in this model's vocabulary" in problem.reason
     assert set(problem.suggestions) <= {"UBERON:0000945 (stomach)", "UBERON:0001155 (colon)"}
-    with pytest.raises(QueryError, match="vocabulary for perturbation_ontology_id"):
-        run(perturbation_ontology_id="CHEMBL1234567", perturbation_type="compound")
+    # an unseen compound is modelled as an unseen perturbation of its type ...
+    assert run(perturbation_ontology_id="CHEMBL1234567", perturbation_type="compound")
+    # ... which needs the type; an unseen gene target always works (on-target term)
+    with pytest.raises(QueryError, match="give its perturbation_type"):
+        run(perturbation_ontology_id="CHEMBL1234567")
+    assert run(perturbation_ontology_id="ENSG00000141510").inputs[0].metadata
+
+
+def test_unseen_terms_need_an_informative_shared_ancestor() -> None:
+    base = {"sampling_strategy": "mean estimation",
+            "inputs": [{"metadata": {"tissue_ontology_id": "UBERON:0002371"}, "num_samples": 1}]}
+    vocab = {"tissue_ontology_id": {"UBERON:0000178": "blood"}}
+    with pytest.raises(QueryError, match="not in this model's vocabulary"):
+        validate_query(base, BULK, vocabulary=vocab)
+    # bone marrow and blood are both parts of the hematopoietic system
+    tokens = {"tissue_ontology_id": ["UBERON:0002390"]}
+    assert validate_query(base, BULK, vocabulary=vocab, ancestor_tokens=tokens)
 
 
 def test_problems_serialise_for_apis() -> None:

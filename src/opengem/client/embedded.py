@@ -20,6 +20,7 @@ def run_query(query: dict[str, Any], model_id: str, registry: ModelRegistry | No
     normalised = validate_query(
         query, model_id,
         vocabulary=predictor.vocab.as_validation_vocabulary(),
+        ancestor_tokens=predictor.vocab.ancestor_tokens(),
         known_sample_ids=(predictor.known_sample_ids()
                           if model_id.endswith("condition-on-sample-ids") else None),
     )

@@ -1,8 +1,10 @@
 """Example queries, one per model id, with real and valid values.
 
-Baseline examples are the ones pysynthbio/rsynthbio shipped (compat-spec §3.2).
-Examples that need counts carry a full-length reference vector derived from
-real public samples (see ``scripts/make_example_references.py`` for provenance).
+They keep the shape of the examples pysynthbio/rsynthbio shipped (compat-spec
+§3.2: two bulk inputs, a cell line perturbation and a tissue; two single-cell
+cell types; seed 11), with values the shipped models were trained on, so every
+example runs as is. Examples that need counts carry a full-length reference
+vector derived from real public samples (``scripts/make_example_references.py``).
 """
 
 from __future__ import annotations
@@ -21,44 +23,39 @@ from opengem.ontology.genes import GeneSpace, default_gene_space
 _SEED = 11
 
 _BULK_BASELINE_INPUTS = [
-    {  # A-549 lung carcinoma cells, CRISPR knockout of BATF, 96 h (pysynthbio 2.x/3.x example)
+    {   # K-562 cells, shRNA knock-down of SRF for 48 h (the shape of pysynthbio's example)
         "metadata": {
-            "cell_line_ontology_id": "CVCL_0023",
-            "perturbation_ontology_id": "ENSG00000156127",
-            "perturbation_type": "crispr",
-            "perturbation_time": "96 hours",
+            "cell_line_ontology_id": "CVCL_0004",
+            "perturbation_ontology_id": "ENSG00000112658",
+            "perturbation_type": "shrna",
+            "perturbation_time": "48 hours",
             "sample_type": "cell line",
         },
         "num_samples": 5,
     },
-    {  # stomach, gastrointestinal stromal tumor, 65-year-old woman
+    {   # lung tissue of a man with COVID-19
         "metadata": {
-            "disease_ontology_id": "MONDO:0011719",
-            "age_years": "65",
-            "sex": "female",
+            "disease_ontology_id": "MONDO:0100096",
+            "sex": "male",
             "sample_type": "primary tissue",
-            "tissue_ontology_id": "UBERON:0000945",
+            "tissue_ontology_id": "UBERON:0002048",
         },
         "num_samples": 5,
     },
 ]
 _SC_BASELINE_INPUTS = [
-    {  # colon plasma cells / myeloid cells of a male donor (pysynthbio/rsynthbio 3.x example)
-        "metadata": {
-            "cell_type_ontology_id": ct,
-            "tissue_ontology_id": "UBERON:0001155",
-            "sex": "male",
-        },
+    {   # blood CD14+ monocytes and B cells
+        "metadata": {"cell_type_ontology_id": ct, "tissue_ontology_id": "UBERON:0000178"},
         "num_samples": 5,
     }
-    for ct in ("CL:0000786", "CL:0000763")
+    for ct in ("CL:0001054", "CL:0000236")
 ]
-#: Aspirin, 10 µM for 24 h (the reference-conditioning docs' drug example).
+#: Dexamethasone 1 µM for 18 h (the example reference is untreated airway smooth muscle).
 _DRUG = {
-    "perturbation_ontology_id": "CHEMBL25",
+    "perturbation_ontology_id": "CHEMBL384467",
     "perturbation_type": "compound",
-    "perturbation_time": "24 hours",
-    "perturbation_dose": "10 uM",
+    "perturbation_time": "18 hours",
+    "perturbation_dose": "1 uM",
 }
 #: CRISPR knockout of TP53 (the reference-conditioning docs' CRISPR example).
 _TP53_KO = {"perturbation_ontology_id": "ENSG00000141510", "perturbation_type": "crispr"}

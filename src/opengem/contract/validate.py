@@ -114,7 +114,9 @@ class _Checker:
         genes: GeneSpace,
         resolver: TermResolver | None,
         known_sample_ids: Collection[str] | None,
+        ancestor_tokens: Mapping[str, Collection[str]] | None = None,
     ) -> None:
+        self.ancestor_tokens = ancestor_tokens or {}
         self.spec = spec
         self.limits = limits
         self.vocabulary = vocabulary
@@ -348,9 +350,12 @@ class _Checker:
         known = self.vocabulary[field.name]
         if canonical in known:
             return canonical
-        if field.kind is FieldKind.ONTOLOGY and field.name != "perturbation_ontology_id":
-            # an unseen child term is encoded through its ancestors the model knows
-            if any(a in known for a in self.resolver.ancestors(canonical)):
+        if field.name == "perturbation_ontology_id":
+            return canonical  # judged with its perturbation_type (check_perturbation)
+        if field.kind is FieldKind.ONTOLOGY:
+            # an unseen term is encoded through the ancestors it shares with known terms
+            shared = set(known) | set(self.ancestor_tokens.get(field.name, ()))
+            if any(a in shared for a in self.resolver.ancestors(canonical)):
                 return canonical
         ranked = difflib.get_close_matches(
             str(value).lower(), [f"{k} {v}".lower() for k, v in known.items()], n=5, cutoff=0.0
@@ -372,6 +377,13 @@ class _Checker:
 
     def check_perturbation(self, loc: str, md: dict[str, str]) -> None:
         ptype, pid = md.get("perturbation_type"), md.get("perturbation_ontology_id")
+        known = (self.vocabulary or {}).get("perturbation_ontology_id")
+        if pid is not None and known is not None and pid not in known and ptype is None:
+            if self.id_space_of(pid) is not IdSpace.ENSEMBL_GENE:
+                self.add(f"{loc}.perturbation_ontology_id", pid,
+                         "is unknown to this model; give its perturbation_type so it is "
+                         "modelled as an unseen perturbation of that type",
+                         [f"{k} ({v})" if v else k for k, v in list(known.items())[:5]])
         if ptype is None or pid is None:
             return
         where = f"{loc}.perturbation_ontology_id"
@@ -722,6 +734,7 @@ def validate_query(
     gene_space: GeneSpace | None = None,
     resolver: TermResolver | None = None,
     known_sample_ids: Collection[str] | None = None,
+    ancestor_tokens: Mapping[str, Collection[str]] | None = None,
 ) -> Query:
     """Check a query for a model and return it normalised.
 
@@ -742,6 +755,11 @@ def validate_query(
         Ontology lookups; default the shared offline resolver.
     known_sample_ids
         For ``condition-on-sample-ids``: the sample ids stored with the model.
+    ancestor_tokens
+        Per ontology field, ancestor terms the model encodes (besides the training
+        values): an unseen term sharing one of them is accepted and encoded through it.
+        Perturbation ids outside the vocabulary are accepted when their
+        ``perturbation_type`` is given (genes also get the on-target term).
 
     Returns
     -------
@@ -774,6 +792,7 @@ def validate_query(
         gene_space or default_gene_space(),
         resolver,
         known_sample_ids,
+        ancestor_tokens,
     )
     normalised = checker.check_query(query)
     if checker.problems:

@@ -185,6 +185,22 @@ class Vocabulary:
         fv = self.fields[name]
         return {c: fv.labels.get(c, "") for c in fv.classes}
 
+    def ancestor_tokens(self) -> dict[str, list[str]]:
+        """Per field: ancestor tokens that tell known terms apart (for unseen terms).
+
+        Tokens every training value shares (roots like "anatomical entity") carry no
+        information, so an unseen term sharing only those is not accepted.
+        """
+        out: dict[str, list[str]] = {}
+        for name, fv in self.fields.items():
+            if not fv.classes:
+                continue
+            closures = [set(fv.closure[c]) for c in fv.classes]
+            common = set.intersection(*closures) if len(closures) > 1 else set()
+            out[name] = [fv.tokens[i] for i in sorted(set().union(*closures) - common)
+                         if fv.tokens[i] not in fv.classes]
+        return out
+
     def as_validation_vocabulary(self) -> dict[str, dict[str, str]]:
         """Per field: the values a query may use (fields never seen in training are open)."""
         return {name: self.values(name) for name, fv in self.fields.items() if fv.classes}
