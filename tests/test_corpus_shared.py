@@ -44,8 +44,13 @@ def test_known_sizes_and_labels(shared_corpus: Path) -> None:
     assert studies["kang2018_pbmc_ifnb"]["samples"] == 2000
     assert studies["papalexi2021_thp1_crispr"]["genes_measured"] < 300  # a 299-gene panel
     report = (shared_corpus / "corpus_report.md").read_text()
-    for row in ("| UBERON:0002107 | liver |", "| CVCL_0004 | K-562 |", "| CL:0000236 | B cell |",
-                "| CHEMBL384467 | DEXAMETHASONE |", "| PATO:0000461 | normal |"):
+    for row in (
+        "| UBERON:0002107 | liver |",
+        "| CVCL_0004 | K-562 |",
+        "| CL:0000236 | B cell |",
+        "| CHEMBL384467 | DEXAMETHASONE |",
+        "| PATO:0000461 | normal |",
+    ):
         assert row in report
 
 

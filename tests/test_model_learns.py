@@ -32,18 +32,35 @@ def trained() -> dict[str, Any]:
     is_held_kd = (obs["perturbation_ontology_id"] == held_target).to_numpy()
     held_out = (np.arange(adata.n_obs) % 6 == 0) & ~is_held_kd
     train = adata[~held_out & ~is_held_kd].copy()
-    config = TrainConfig.model_validate({
-        "modality": "bulk",
-        "model": {"hidden": 64, "latent_biological": 8, "latent_technical": 4,
-                  "latent_perturbation": 8},
-        "training": {"max_epochs": 60, "batch_size": 32, "kl_warmup_epochs": 10,
-                     "patience": 15, "validation_studies": ["synthetic_3"], "seed": 0},
-    })
+    config = TrainConfig.model_validate(
+        {
+            "modality": "bulk",
+            "model": {
+                "hidden": 64,
+                "latent_biological": 8,
+                "latent_technical": 4,
+                "latent_perturbation": 8,
+            },
+            "training": {
+                "max_epochs": 60,
+                "batch_size": 32,
+                "kl_warmup_epochs": 10,
+                "patience": 15,
+                "validation_studies": ["synthetic_3"],
+                "seed": 0,
+            },
+        }
+    )
     result = train_bundle(train, config, None, progress=False)
-    return {"adata": adata, "effects": effects, "held_out": np.flatnonzero(held_out),
-            "held_target": held_target, "bundle": result.bundle,
-            "predictor": Predictor(result.bundle), "train_mean": np.asarray(
-                train.X.mean(axis=0)).ravel()}
+    return {
+        "adata": adata,
+        "effects": effects,
+        "held_out": np.flatnonzero(held_out),
+        "held_target": held_target,
+        "bundle": result.bundle,
+        "predictor": Predictor(result.bundle),
+        "train_mean": np.asarray(train.X.mean(axis=0)).ravel(),
+    }
 
 
 def _log_cpm(counts: np.ndarray) -> np.ndarray:
@@ -52,11 +69,17 @@ def _log_cpm(counts: np.ndarray) -> np.ndarray:
 
 
 def _reference_query(counts: np.ndarray, metadata: dict[str, str]) -> Any:
-    return validate_query({
-        "inputs": [{"counts": counts.astype(int).tolist(), "metadata": metadata,
-                    "num_samples": 1}],
-        "sampling_strategy": "mean estimation", "deterministic_latents": True, "seed": 1,
-    }, REF_MODEL)
+    return validate_query(
+        {
+            "inputs": [
+                {"counts": counts.astype(int).tolist(), "metadata": metadata, "num_samples": 1}
+            ],
+            "sampling_strategy": "mean estimation",
+            "deterministic_latents": True,
+            "seed": 1,
+        },
+        REF_MODEL,
+    )
 
 
 def test_reconstruction_beats_a_per_gene_mean_model(trained: dict[str, Any]) -> None:
@@ -78,24 +101,38 @@ def test_reconstruction_beats_a_per_gene_mean_model(trained: dict[str, Any]) -> 
 
 def test_prior_means_separate_planted_tissues(trained: dict[str, Any]) -> None:
     predictor, effects = trained["predictor"], trained["effects"]
-    prior = predictor._prior([{"tissue_ontology_id": LUNG, "perturbation_type": "control"},
-                              {"tissue_ontology_id": LIVER, "perturbation_type": "control"}])
+    prior = predictor._prior(
+        [
+            {"tissue_ontology_id": LUNG, "perturbation_type": "control"},
+            {"tissue_ontology_id": LIVER, "perturbation_type": "control"},
+        ]
+    )
     mean, std = prior[LatentGroup.BIOLOGICAL]
     assert np.linalg.norm(mean[0] - mean[1]) > 2 * std.mean()
     # and the decoded priors express each tissue's own program
-    result = predictor.predict(validate_query({
-        "inputs": [{"metadata": {"tissue_ontology_id": t, "perturbation_type": "control"},
-                    "num_samples": 1} for t in (LUNG, LIVER)],
-        "sampling_strategy": "mean estimation", "deterministic_latents": True,
-    }, "gem-1-bulk"))
+    result = predictor.predict(
+        validate_query(
+            {
+                "inputs": [
+                    {
+                        "metadata": {"tissue_ontology_id": t, "perturbation_type": "control"},
+                        "num_samples": 1,
+                    }
+                    for t in (LUNG, LIVER)
+                ],
+                "sampling_strategy": "mean estimation",
+                "deterministic_latents": True,
+            },
+            "gem-1-bulk",
+        )
+    )
     lc = _log_cpm(result.counts)
     lung_genes, liver_genes = effects.tissue_genes[LUNG], effects.tissue_genes[LIVER]
     assert lc[0, lung_genes].mean() - lc[1, lung_genes].mean() > 1.0
     assert lc[1, liver_genes].mean() - lc[0, liver_genes].mean() > 1.0
 
 
-def test_reference_conditioning_recovers_the_planted_perturbation(trained: dict[str, Any]
-                                                                  ) -> None:
+def test_reference_conditioning_recovers_the_planted_perturbation(trained: dict[str, Any]) -> None:
     adata, effects, predictor = trained["adata"], trained["effects"], trained["predictor"]
     obs = adata.obs.iloc[trained["held_out"]]
     controls = trained["held_out"][(obs["perturbation_type"] == "control").to_numpy()]
@@ -104,8 +141,12 @@ def test_reference_conditioning_recovers_the_planted_perturbation(trained: dict[
     other = np.array([g for g in range(100, 400) if g not in planted])
     for row in controls[:4]:
         reference = adata.X[row].toarray().ravel()
-        dex = {"perturbation_type": "compound", "perturbation_ontology_id": DEX,
-               "perturbation_dose": "1 uM", "perturbation_time": "18 hours"}
+        dex = {
+            "perturbation_type": "compound",
+            "perturbation_ontology_id": DEX,
+            "perturbation_dose": "1 uM",
+            "perturbation_time": "18 hours",
+        }
         treated = predictor.predict(_reference_query(reference, dex)).counts[0]
         control = predictor.predict(_reference_query(reference, {})).counts[0]
         lfc = _log_cpm(treated)[0] - _log_cpm(control)[0]
@@ -121,8 +162,9 @@ def test_reference_conditioning_recovers_the_planted_perturbation(trained: dict[
 def test_classifier_heads_predict_the_planted_tissue(trained: dict[str, Any]) -> None:
     adata, predictor = trained["adata"], trained["predictor"]
     rows = trained["held_out"]
-    query = validate_query({"inputs": [{"counts": adata.X[r].toarray().ravel().tolist()}
-                                       for r in rows]}, PRED_MODEL)
+    query = validate_query(
+        {"inputs": [{"counts": adata.X[r].toarray().ravel().tolist()} for r in rows]}, PRED_MODEL
+    )
     result = predictor.predict(query)
     truth = adata.obs["tissue_ontology_id"].iloc[rows].astype(str).tolist()
     predicted = [m["tissue_ontology_id"] for m in result.metadata]
@@ -138,8 +180,11 @@ def test_on_target_term_knocks_down_an_unseen_target(trained: dict[str, Any]) ->
     index = GENES.index_of(target)
     row = trained["held_out"][0]
     reference = adata.X[row].toarray().ravel()
-    kd = predictor.predict(_reference_query(
-        reference, {"perturbation_type": "shrna", "perturbation_ontology_id": target}))
+    kd = predictor.predict(
+        _reference_query(
+            reference, {"perturbation_type": "shrna", "perturbation_ontology_id": target}
+        )
+    )
     control = predictor.predict(_reference_query(reference, {}))
     drop = _log_cpm(control.counts)[0, index] - _log_cpm(kd.counts)[0, index]
     assert drop > np.log(2)

@@ -807,8 +807,10 @@ def test_vocabulary_membership() -> None:
 
 
 def test_unseen_terms_need_an_informative_shared_ancestor() -> None:
-    base = {"sampling_strategy": "mean estimation",
-            "inputs": [{"metadata": {"tissue_ontology_id": "UBERON:0002371"}, "num_samples": 1}]}
+    base = {
+        "sampling_strategy": "mean estimation",
+        "inputs": [{"metadata": {"tissue_ontology_id": "UBERON:0002371"}, "num_samples": 1}],
+    }
     vocab = {"tissue_ontology_id": {"UBERON:0000178": "blood"}}
     with pytest.raises(QueryError, match="not in this model's vocabulary"):
         validate_query(base, BULK, vocabulary=vocab)

@@ -13,16 +13,19 @@ from opengem.engine.registry import ModelRegistry, default_registry
 from opengem.engine.results import ExpressionResult, MetadataResult, Result
 
 
-def run_query(query: dict[str, Any], model_id: str, registry: ModelRegistry | None = None
-              ) -> Result:
+def run_query(
+    query: dict[str, Any], model_id: str, registry: ModelRegistry | None = None
+) -> Result:
     """Validate a query against the model's vocabulary and run it."""
     predictor = (registry or default_registry()).predictor(model_id)
     normalised = validate_query(
-        query, model_id,
+        query,
+        model_id,
         vocabulary=predictor.vocab.as_validation_vocabulary(),
         ancestor_tokens=predictor.vocab.ancestor_tokens(),
-        known_sample_ids=(predictor.known_sample_ids()
-                          if model_id.endswith("condition-on-sample-ids") else None),
+        known_sample_ids=(
+            predictor.known_sample_ids() if model_id.endswith("condition-on-sample-ids") else None
+        ),
     )
     return predictor.predict(normalised)
 
@@ -53,8 +56,10 @@ def predict_query(
         result JSON when ``raw_response=True``.
     """
     if return_download_url:
-        raise ValueError("return_download_url needs a server (embedded mode has no download "
-                         "URL); set api_base_url or SYNTHESIZE_API_BASE_URL")
+        raise ValueError(
+            "return_download_url needs a server (embedded mode has no download "
+            "URL); set api_base_url or SYNTHESIZE_API_BASE_URL"
+        )
     merged = copy.copy(query)
     merged.update(kwargs)
     result = run_query(merged, model_id, registry)
@@ -76,8 +81,10 @@ def to_anndata(result: dict[str, Any] | Result) -> Any:
         frames = result
     expression: pd.DataFrame = frames["expression"]
     genes = default_gene_space()
-    var = pd.DataFrame({"symbol": [genes.symbol_of(g) or "" for g in expression.columns]},
-                       index=pd.Index([str(g) for g in expression.columns], name="gene_id"))
+    var = pd.DataFrame(
+        {"symbol": [genes.symbol_of(g) or "" for g in expression.columns]},
+        index=pd.Index([str(g) for g in expression.columns], name="gene_id"),
+    )
     obs = frames["metadata"].astype(str).copy()
     obs.index = [f"sample_{i + 1}" for i in range(len(obs))]
     adata = anndata.AnnData(X=expression.to_numpy(dtype=np.int64), obs=obs, var=var)

@@ -23,7 +23,7 @@ from opengem.ontology.genes import GeneSpace, default_gene_space
 _SEED = 11
 
 _BULK_BASELINE_INPUTS = [
-    {   # K-562 cells, shRNA knock-down of SRF for 48 h (the shape of pysynthbio's example)
+    {  # K-562 cells, shRNA knock-down of SRF for 48 h (the shape of pysynthbio's example)
         "metadata": {
             "cell_line_ontology_id": "CVCL_0004",
             "perturbation_ontology_id": "ENSG00000112658",
@@ -33,7 +33,7 @@ _BULK_BASELINE_INPUTS = [
         },
         "num_samples": 5,
     },
-    {   # lung tissue of a man with COVID-19
+    {  # lung tissue of a man with COVID-19
         "metadata": {
             "disease_ontology_id": "MONDO:0100096",
             "sex": "male",
@@ -44,7 +44,7 @@ _BULK_BASELINE_INPUTS = [
     },
 ]
 _SC_BASELINE_INPUTS = [
-    {   # blood CD14+ monocytes and B cells
+    {  # blood CD14+ monocytes and B cells
         "metadata": {"cell_type_ontology_id": ct, "tissue_ontology_id": "UBERON:0000178"},
         "num_samples": 5,
     }

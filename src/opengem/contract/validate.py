@@ -380,10 +380,13 @@ class _Checker:
         known = (self.vocabulary or {}).get("perturbation_ontology_id")
         if pid is not None and known is not None and pid not in known and ptype is None:
             if self.id_space_of(pid) is not IdSpace.ENSEMBL_GENE:
-                self.add(f"{loc}.perturbation_ontology_id", pid,
-                         "is unknown to this model; give its perturbation_type so it is "
-                         "modelled as an unseen perturbation of that type",
-                         [f"{k} ({v})" if v else k for k, v in list(known.items())[:5]])
+                self.add(
+                    f"{loc}.perturbation_ontology_id",
+                    pid,
+                    "is unknown to this model; give its perturbation_type so it is "
+                    "modelled as an unseen perturbation of that type",
+                    [f"{k} ({v})" if v else k for k, v in list(known.items())[:5]],
+                )
         if ptype is None or pid is None:
             return
         where = f"{loc}.perturbation_ontology_id"

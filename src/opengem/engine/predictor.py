@@ -83,8 +83,9 @@ class Predictor:
         return self.vocab.encode(records, self.genes.index_of, term_ancestors)
 
     @torch.no_grad()
-    def _prior(self, records: Sequence[Mapping[str, str]]
-               ) -> dict[LatentGroup, tuple[np.ndarray, np.ndarray]]:
+    def _prior(
+        self, records: Sequence[Mapping[str, str]]
+    ) -> dict[LatentGroup, tuple[np.ndarray, np.ndarray]]:
         p = self.module.prior(self._encode(records))
         return {g: (p[g][0].numpy(), p[g][1].numpy()) for g in GROUPS}
 
@@ -94,8 +95,14 @@ class Predictor:
         return {g: (q[g][0].numpy(), q[g][1].numpy()) for g in GROUPS}
 
     @torch.no_grad()
-    def _decode(self, z: dict[LatentGroup, np.ndarray], records: Sequence[Mapping[str, str]],
-                library: np.ndarray, strategy: str, rng: np.random.Generator) -> np.ndarray:
+    def _decode(
+        self,
+        z: dict[LatentGroup, np.ndarray],
+        records: Sequence[Mapping[str, str]],
+        library: np.ndarray,
+        strategy: str,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
         """Counts for each row of z (chunked); ``records`` give the on-target inputs."""
         n = library.shape[0]
         out = np.empty((n, len(self.genes)), dtype=np.int64)
@@ -117,8 +124,9 @@ class Predictor:
         return out
 
     @staticmethod
-    def _draw(mean: np.ndarray, std: np.ndarray, deterministic: bool,
-              rng: np.random.Generator) -> np.ndarray:
+    def _draw(
+        mean: np.ndarray, std: np.ndarray, deterministic: bool, rng: np.random.Generator
+    ) -> np.ndarray:
         if deterministic:
             return mean.astype(np.float32)
         return (mean + std * rng.standard_normal(mean.shape)).astype(np.float32)
@@ -132,8 +140,11 @@ class Predictor:
             refs = [(np.asarray(i.counts, dtype=np.float64), None) for i in query.inputs]
             return self._conditioned(query, refs, rng)
         if isinstance(query, SampleIdsQuery):
-            return self._conditioned(query, [(None, self._stored(i.sample_ids, n))
-                                             for n, i in enumerate(query.inputs)], rng)
+            return self._conditioned(
+                query,
+                [(None, self._stored(i.sample_ids, n)) for n, i in enumerate(query.inputs)],
+                rng,
+            )
         if isinstance(query, PredictMetadataQuery):
             return self._predict_metadata(query, rng)
         raise TypeError(f"unsupported query type {type(query).__name__}")
@@ -142,16 +153,25 @@ class Predictor:
         records = [dict(i.metadata) for i in query.inputs]
         repeats = np.array([i.num_samples for i in query.inputs])
         prior = self._prior(records)
-        z = {g: self._draw(np.repeat(prior[g][0], repeats, axis=0),
-                           np.repeat(prior[g][1], repeats, axis=0),
-                           query.deterministic_latents, rng) for g in GROUPS}
+        z = {
+            g: self._draw(
+                np.repeat(prior[g][0], repeats, axis=0),
+                np.repeat(prior[g][1], repeats, axis=0),
+                query.deterministic_latents,
+                rng,
+            )
+            for g in GROUPS
+        }
         rows = [records[i] for i in np.repeat(np.arange(len(records)), repeats)]
         library = np.full(len(rows), float(query.total_count))
         counts = self._decode(z, rows, library, query.sampling_strategy, rng)
         return ExpressionResult(
-            counts, [output_metadata(r, self.bundle.modality) for r in rows],
-            {g.value: z[g] for g in GROUPS}, list(self.genes.gene_ids),
-            self.bundle.model_version, "baseline",
+            counts,
+            [output_metadata(r, self.bundle.modality) for r in rows],
+            {g.value: z[g] for g in GROUPS},
+            list(self.genes.gene_ids),
+            self.bundle.model_version,
+            "baseline",
         )
 
     def _stored(self, sample_ids: Sequence[str], n: int) -> dict[str, Any]:
@@ -159,18 +179,30 @@ class Predictor:
         for j, sid in enumerate(sample_ids):
             i = self.sample_index.get(sid, self.short_index.get(sid))
             if i is None:
-                raise QueryError([Problem(f"inputs[{n}].sample_ids[{j}]", sid,
-                                          "is not a training sample of this model")])
+                raise QueryError(
+                    [
+                        Problem(
+                            f"inputs[{n}].sample_ids[{j}]",
+                            sid,
+                            "is not a training sample of this model",
+                        )
+                    ]
+                )
             rows.append(i)
         stored = self.bundle.latents
         library = self.bundle.info.get("latent_library_sizes")
         lib = float(np.mean([library[i] for i in rows])) if library else None
-        return {"z": {g: stored[g.value][rows].mean(axis=0, keepdims=True) for g in GROUPS},
-                "library": lib}
+        return {
+            "z": {g: stored[g.value][rows].mean(axis=0, keepdims=True) for g in GROUPS},
+            "library": lib,
+        }
 
-    def _conditioned(self, query: ReferenceQuery | SampleIdsQuery,
-                     refs: list[tuple[np.ndarray | None, dict[str, Any] | None]],
-                     rng: np.random.Generator) -> ExpressionResult:
+    def _conditioned(
+        self,
+        query: ReferenceQuery | SampleIdsQuery,
+        refs: list[tuple[np.ndarray | None, dict[str, Any] | None]],
+        rng: np.random.Generator,
+    ) -> ExpressionResult:
         records = []
         for item in query.inputs:
             record = dict(item.metadata)
@@ -190,27 +222,38 @@ class Predictor:
                 post = {g: (stored["z"][g], np.zeros_like(stored["z"][g])) for g in GROUPS}
                 ref_library = stored["library"] or float(query.total_count)
             for g in GROUPS:
-                mean, std = post[g] if g in conditioned else (prior[g][0][k:k + 1],
-                                                              prior[g][1][k:k + 1])
-                z_parts[g].append(self._draw(np.repeat(mean, n, axis=0),
-                                             np.repeat(std, n, axis=0),
-                                             query.deterministic_latents, rng))
+                mean, std = (
+                    post[g]
+                    if g in conditioned
+                    else (prior[g][0][k : k + 1], prior[g][1][k : k + 1])
+                )
+                z_parts[g].append(
+                    self._draw(
+                        np.repeat(mean, n, axis=0),
+                        np.repeat(std, n, axis=0),
+                        query.deterministic_latents,
+                        rng,
+                    )
+                )
             total = float(query.total_count) if query.fixed_total_count else ref_library
             libraries.append(np.full(n, total))
         z = {g: np.concatenate(z_parts[g]) for g in GROUPS}
         repeats = [i.num_samples for i in query.inputs]
         rows = [records[i] for i in np.repeat(np.arange(len(records)), repeats)]
-        counts_out = self._decode(z, rows, np.concatenate(libraries), query.sampling_strategy,
-                                  rng)
+        counts_out = self._decode(z, rows, np.concatenate(libraries), query.sampling_strategy, rng)
         return ExpressionResult(
-            counts_out, [output_metadata(r, self.bundle.modality) for r in rows],
-            {g.value: z[g] for g in GROUPS}, list(self.genes.gene_ids),
-            self.bundle.model_version, "reference_conditioned",
+            counts_out,
+            [output_metadata(r, self.bundle.modality) for r in rows],
+            {g.value: z[g] for g in GROUPS},
+            list(self.genes.gene_ids),
+            self.bundle.model_version,
+            "reference_conditioned",
         )
 
     @torch.no_grad()
-    def _predict_metadata(self, query: PredictMetadataQuery, rng: np.random.Generator
-                          ) -> MetadataResult:
+    def _predict_metadata(
+        self, query: PredictMetadataQuery, rng: np.random.Generator
+    ) -> MetadataResult:
         counts = np.stack([np.asarray(i.counts, dtype=np.float64) for i in query.inputs])
         post = self._posterior(counts)
         means = {g: post[g][0] for g in GROUPS}
@@ -228,7 +271,10 @@ class Predictor:
         records = [dict(r) for r in predicted]
         decoded = self._decode(means, records, counts.sum(axis=1), "sample generation", rng)
         return MetadataResult(
-            [output_metadata(r, self.bundle.modality) for r in predicted], probs,
-            {g.value: means[g].astype(np.float32) for g in GROUPS}, decoded,
-            list(self.genes.gene_ids), self.bundle.model_version,
+            [output_metadata(r, self.bundle.modality) for r in predicted],
+            probs,
+            {g.value: means[g].astype(np.float32) for g in GROUPS},
+            decoded,
+            list(self.genes.gene_ids),
+            self.bundle.model_version,
         )

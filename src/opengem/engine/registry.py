@@ -67,7 +67,8 @@ class ModelRegistry:
                     raise BundleError(
                         f"no bundle for {base} in {self.models_dir} (set OPENGEM_MODELS to a "
                         f"folder holding {base}/, or train one: opengem train ... --out "
-                        f"{self.models_dir / base})")
+                        f"{self.models_dir / base})"
+                    )
                 hit = _Loaded(Predictor(load_bundle(directory)), time.monotonic())
                 self._loaded[base] = hit
             hit.last_used = time.monotonic()

@@ -33,8 +33,11 @@ class ExpressionResult:
 
     def _outputs(self, counts: Any, latents: dict[str, Any]) -> list[dict[str, Any]]:
         return [
-            {"counts": counts[i], "metadata": self.metadata[i],
-             "latents": {g: latents[g][i] for g in GROUP_NAMES if g in latents}}
+            {
+                "counts": counts[i],
+                "metadata": self.metadata[i],
+                "latents": {g: latents[g][i] for g in GROUP_NAMES if g in latents},
+            }
             for i in range(len(self))
         ]
 
@@ -42,24 +45,35 @@ class ExpressionResult:
         """The result JSON as Python objects (what ``raw_response=True`` returns)."""
         counts = self.counts.tolist()
         latents = {g: v.astype(np.float64).tolist() for g, v in self.latents.items()}
-        return {"outputs": self._outputs(counts, latents), "gene_order": list(self.gene_order),
-                "model_version": self.model_version}
+        return {
+            "outputs": self._outputs(counts, latents),
+            "gene_order": list(self.gene_order),
+            "model_version": self.model_version,
+        }
 
     def to_json_bytes(self) -> bytes:
         """The result JSON, encoded straight from the arrays."""
-        payload = {"outputs": self._outputs(self.counts, self.latents),
-                   "gene_order": self.gene_order, "model_version": self.model_version}
+        payload = {
+            "outputs": self._outputs(self.counts, self.latents),
+            "gene_order": self.gene_order,
+            "model_version": self.model_version,
+        }
         return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def to_frames(self) -> dict[str, pd.DataFrame]:
         """pysynthbio's return value: ``expression`` (int64), ``metadata``, ``latents``."""
-        expression = pd.DataFrame(self.counts.astype(np.int64, copy=False),
-                                  columns=pd.Index(self.gene_order))
-        latents = pd.DataFrame({g: list(self.latents[g].astype(np.float64))
-                                for g in GROUP_NAMES if g in self.latents})
+        expression = pd.DataFrame(
+            self.counts.astype(np.int64, copy=False), columns=pd.Index(self.gene_order)
+        )
+        latents = pd.DataFrame(
+            {g: list(self.latents[g].astype(np.float64)) for g in GROUP_NAMES if g in self.latents}
+        )
         latents = latents.map(lambda v: v.tolist()) if len(latents) else latents
-        return {"metadata": pd.DataFrame(self.metadata), "expression": expression,
-                "latents": latents}
+        return {
+            "metadata": pd.DataFrame(self.metadata),
+            "expression": expression,
+            "latents": latents,
+        }
 
 
 @dataclass
@@ -79,33 +93,44 @@ class MetadataResult:
 
     def _outputs(self, counts: Any, latents: dict[str, Any]) -> list[dict[str, Any]]:
         return [
-            {"metadata": self.metadata[i], "classifier_probs": self.classifier_probs[i],
-             "latents": {g: latents[g][i] for g in GROUP_NAMES if g in latents},
-             "decoder_sample": {"counts": counts[i]}}
+            {
+                "metadata": self.metadata[i],
+                "classifier_probs": self.classifier_probs[i],
+                "latents": {g: latents[g][i] for g in GROUP_NAMES if g in latents},
+                "decoder_sample": {"counts": counts[i]},
+            }
             for i in range(len(self))
         ]
 
     def to_json(self) -> dict[str, Any]:
         latents = {g: v.astype(np.float64).tolist() for g, v in self.latents.items()}
-        return {"outputs": self._outputs(self.decoder_counts.tolist(), latents),
-                "gene_order": list(self.gene_order), "model_version": self.model_version}
+        return {
+            "outputs": self._outputs(self.decoder_counts.tolist(), latents),
+            "gene_order": list(self.gene_order),
+            "model_version": self.model_version,
+        }
 
     def to_json_bytes(self) -> bytes:
-        payload = {"outputs": self._outputs(self.decoder_counts, self.latents),
-                   "gene_order": self.gene_order, "model_version": self.model_version}
+        payload = {
+            "outputs": self._outputs(self.decoder_counts, self.latents),
+            "gene_order": self.gene_order,
+            "model_version": self.model_version,
+        }
         return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def to_frames(self) -> dict[str, pd.DataFrame]:
         """pysynthbio 4.1: ``metadata``, ``latents``, ``classifier_probs``, ``expression``."""
-        latents = pd.DataFrame({g: list(self.latents[g].astype(np.float64))
-                                for g in GROUP_NAMES if g in self.latents})
+        latents = pd.DataFrame(
+            {g: list(self.latents[g].astype(np.float64)) for g in GROUP_NAMES if g in self.latents}
+        )
         latents = latents.map(lambda v: v.tolist()) if len(latents) else latents
         return {
             "metadata": pd.DataFrame(self.metadata),
             "latents": latents,
             "classifier_probs": pd.DataFrame(self.classifier_probs),
-            "expression": pd.DataFrame(self.decoder_counts.astype(np.int64, copy=False),
-                                       columns=pd.Index(self.gene_order)),
+            "expression": pd.DataFrame(
+                self.decoder_counts.astype(np.int64, copy=False), columns=pd.Index(self.gene_order)
+            ),
         }
 
 

@@ -197,8 +197,11 @@ class Vocabulary:
                 continue
             closures = [set(fv.closure[c]) for c in fv.classes]
             common = set.intersection(*closures) if len(closures) > 1 else set()
-            out[name] = [fv.tokens[i] for i in sorted(set().union(*closures) - common)
-                         if fv.tokens[i] not in fv.classes]
+            out[name] = [
+                fv.tokens[i]
+                for i in sorted(set().union(*closures) - common)
+                if fv.tokens[i] not in fv.classes
+            ]
         return out
 
     def as_validation_vocabulary(self) -> dict[str, dict[str, str]]:

@@ -36,6 +36,7 @@ class TrainingSection(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     kl_warmup_epochs: int = Field(10, ge=0)
     patience: int = Field(10, ge=1)
+    validation_split: str = Field("study", pattern="^(study|sample)$")
     validation_studies: list[str] | None = None
     validation_fraction: float = Field(0.15, ge=0, lt=1)
     devices: int | str = 1

@@ -87,6 +87,7 @@ class CorpusData:
         ancestors: Callable[[str], Sequence[str]],
         labels: Callable[[str, str], str] | None = None,
         vocab: Vocabulary | None = None,
+        validation_split: str = "study",
     ) -> None:
         self.adata = adata
         obs = adata.obs
@@ -94,7 +95,12 @@ class CorpusData:
         self.sample_ids = list(adata.obs_names.astype(str))
         self.studies = obs["study"].astype(str).to_numpy()
         known = set(self.studies)
-        if validation_studies is None:
+        is_val = np.zeros(len(self.studies), dtype=bool)
+        if validation_split == "sample":
+            # every study is a context of its own: hold out a seeded share of each study
+            is_val = np.random.default_rng(seed).random(len(self.studies)) < validation_fraction
+            validation_studies = []
+        elif validation_studies is None:
             validation_studies = choose_validation_studies(obs, validation_fraction, seed)
         unknown = sorted(set(validation_studies) - known)
         if unknown:
@@ -103,7 +109,8 @@ class CorpusData:
                 f"studies: {sorted(known)}"
             )
         self.validation_studies = list(validation_studies)
-        is_val = np.isin(self.studies, self.validation_studies)
+        if validation_split != "sample":
+            is_val = np.isin(self.studies, self.validation_studies)
         self.train_index = np.flatnonzero(~is_val)
         self.val_index = np.flatnonzero(is_val)
         self.gene_index = gene_index
@@ -167,7 +174,12 @@ class StudyBatchSampler(torch.utils.data.Sampler[list[int]]):
         batches = self.data.batches(self.index, self.batch_size, rng)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
+            while len(batches) < world:  # every rank needs a batch: split the largest
+                big = max(range(len(batches)), key=lambda i: len(batches[i]))
+                if len(batches[big]) < 2:
+                    break
+                batches[big : big + 1] = np.array_split(batches[big], 2)
+            usable = len(batches) - len(batches) % world  # equal counts, or ranks hang
             batches = batches[:usable][rank::world]
         return batches
 

@@ -153,6 +153,7 @@ def train_bundle(
         gene_index=genes.index_of,
         ancestors=term_ancestors,
         labels=_label,
+        validation_split=t.validation_split,
     )
     module = GEMModule(config.model_config_for(len(genes)), data.vocab)
     train_loader = loader(data, data.train_index, t.batch_size, t.seed, shuffle=True)
@@ -205,6 +206,7 @@ def train_bundle(
             "wall_seconds": round(wall, 1),
             "epochs": epochs,
             "best_epoch": keep.best_epoch,
+            "validation_split": t.validation_split,
             "validation_studies": data.validation_studies,
             "torch": torch.__version__,
         },
@@ -216,7 +218,8 @@ def train_bundle(
         "validation": validation,
         "latent_library_sizes": (
             np.asarray(adata.obs["library_size"]).astype(int).tolist()
-            if store_latents and "library_size" in adata.obs else []
+            if store_latents and "library_size" in adata.obs
+            else []
         ),
     }
     bundle = Bundle(

@@ -99,5 +99,4 @@ class EpochLog(L.Callback):
 
         m = trainer.callback_metrics
         parts = [f"{k} {float(v):.4f}" for k, v in sorted(m.items()) if k.endswith("loss")]
-        print(f"epoch {trainer.current_epoch}: " + ", ".join(parts), file=sys.stderr,
-              flush=True)
+        print(f"epoch {trainer.current_epoch}: " + ", ".join(parts), file=sys.stderr, flush=True)
