@@ -95,7 +95,7 @@ def test_shipped_configs_parse_and_bad_ones_name_the_key(tmp_path: Path) -> None
         assert load_config(REPO / "configs" / f"{name}.toml").modality == name
     bad = tmp_path / "bad.toml"
     bad.write_text('modality = "bulk"\n[training]\nbatch_sise = 3\n')
-    with pytest.raises(ValueError, match="training.batch_sise"):
+    with pytest.raises(ValueError, match=r"training\.batch_sise"):
         load_config(bad)
 
 

@@ -427,7 +427,7 @@ def train_cmd(
     typer.echo(
         f"trained in {result.wall_seconds:.0f} s, {result.epochs} epochs (best "
         f"{result.best_epoch}); validation loss {v.get('loss', float('nan')):.4f} on "
-        f"{v.get('n_samples', 0)} samples of held-out studies; bundle: {out}"
+        f"{v.get('n_samples', 0)} held-out samples; bundle: {out}"
     )
 
 

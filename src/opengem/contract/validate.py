@@ -237,6 +237,8 @@ class _Checker:
             )
             return None
         text = value.strip()
+        if self.vocabulary is not None and text in self.vocabulary.get(field.name, {}):
+            return text  # the model's own vocabulary was validated when its corpus was built
         space = self.id_space_of(text)
         if space is None or space not in field.id_spaces:
             self.wrong_space(loc, field, text, space, needed)

@@ -52,11 +52,19 @@ LABELLED = {
 MODALITY_WORD = {"bulk": "bulk", "sc": "single-cell"}
 
 
-def output_metadata(record: Mapping[str, str], modality: str) -> dict[str, str]:
-    """The same key set for every output: every field ("" when unset), labels, modality."""
+def output_metadata(
+    record: Mapping[str, str], modality: str, labels: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, str]:
+    """The same key set for every output: every field ("" when unset), labels, modality.
+
+    ``labels`` (field -> value -> label, from the model's vocabulary) spares ontology
+    look-ups for known values.
+    """
     out = {f: record.get(f, "") for f in FIELDS}
     for f, label_key in LABELLED.items():
-        out[label_key] = term_label(out[f]) if out[f] else ""
+        value = out[f]
+        known = (labels or {}).get(f, {}).get(value) if value else None
+        out[label_key] = known if known else (term_label(value) if value else "")
     out["modality"] = MODALITY_WORD.get(modality, modality)
     return out
 
@@ -74,6 +82,17 @@ class Predictor:
         for i, s in enumerate(bundle.latent_sample_ids):
             short.setdefault(s.split(":", 1)[-1], []).append(i)
         self.short_index = {k: v[0] for k, v in short.items() if len(v) == 1}
+        self.labels = {f: fv.labels for f, fv in self.vocab.fields.items()}
+
+    def _metadata(self, records: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+        cache: dict[int, dict[str, str]] = {}
+        out = []
+        for r in records:  # repeated inputs share one dict per distinct record object
+            key = id(r)
+            if key not in cache:
+                cache[key] = output_metadata(r, self.bundle.modality, self.labels)
+            out.append(cache[key])
+        return out
 
     # ------------------------------------------------------------------ helpers
     def known_sample_ids(self) -> set[str]:
@@ -167,7 +186,7 @@ class Predictor:
         counts = self._decode(z, rows, library, query.sampling_strategy, rng)
         return ExpressionResult(
             counts,
-            [output_metadata(r, self.bundle.modality) for r in rows],
+            self._metadata(rows),
             {g.value: z[g] for g in GROUPS},
             list(self.genes.gene_ids),
             self.bundle.model_version,
@@ -243,7 +262,7 @@ class Predictor:
         counts_out = self._decode(z, rows, np.concatenate(libraries), query.sampling_strategy, rng)
         return ExpressionResult(
             counts_out,
-            [output_metadata(r, self.bundle.modality) for r in rows],
+            self._metadata(rows),
             {g.value: z[g] for g in GROUPS},
             list(self.genes.gene_ids),
             self.bundle.model_version,
@@ -271,7 +290,7 @@ class Predictor:
         records = [dict(r) for r in predicted]
         decoded = self._decode(means, records, counts.sum(axis=1), "sample generation", rng)
         return MetadataResult(
-            [output_metadata(r, self.bundle.modality) for r in predicted],
+            self._metadata(predicted),
             probs,
             {g.value: means[g].astype(np.float32) for g in GROUPS},
             decoded,

@@ -35,7 +35,7 @@ class ExpressionResult:
         return [
             {
                 "counts": counts[i],
-                "metadata": self.metadata[i],
+                "metadata": dict(self.metadata[i]),
                 "latents": {g: latents[g][i] for g in GROUP_NAMES if g in latents},
             }
             for i in range(len(self))
@@ -94,7 +94,7 @@ class MetadataResult:
     def _outputs(self, counts: Any, latents: dict[str, Any]) -> list[dict[str, Any]]:
         return [
             {
-                "metadata": self.metadata[i],
+                "metadata": dict(self.metadata[i]),
                 "classifier_probs": self.classifier_probs[i],
                 "latents": {g: latents[g][i] for g in GROUP_NAMES if g in latents},
                 "decoder_sample": {"counts": counts[i]},
