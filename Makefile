@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/opengem examples
+	$(VENV)/bin/opengem run
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests scripts

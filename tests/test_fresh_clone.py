@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from opengem.contract import MODEL_IDS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,7 +50,9 @@ def test_make_run_on_a_fresh_copy(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (clone / ".venv" / "bin" / "opengem").exists()
-    assert "all 7 example queries are valid" in out.stdout
+    for model_id in MODEL_IDS:
+        assert (clone / "results" / f"{model_id}.h5ad").is_file(), model_id
+        assert f"{model_id}: " in out.stdout
     # the second run reuses the environment instead of reinstalling
     again = subprocess.run(
         ["make", "-q", f"PYTHON={base_python}", ".venv/.installed"], cwd=clone, env=env
