@@ -74,6 +74,8 @@ PERTURBATION_TYPES = (
 )
 #: Perturbation types that act on one gene; their id is an Ensembl gene.
 GENE_TARGETING_TYPES = ("crispr", "shrna", "sirna", "overexpression")
+#: Loss-of-function types: a model that never saw one encodes it as another it knows.
+LOSS_OF_FUNCTION_TYPES = ("crispr", "shrna", "sirna")
 LIBRARY_LAYOUTS = ("PAIRED", "SINGLE")
 PLATFORMS = ("illumina",)
 #: ENA's library_selection vocabulary (the docs also write "polyA" for "PolyA").

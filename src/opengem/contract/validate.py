@@ -29,6 +29,7 @@ from opengem.contract.fields import (
     FIELDS,
     GENE_TARGETING_TYPES,
     ID_SPACE_INFO,
+    LOSS_OF_FUNCTION_TYPES,
     NORMAL_DISEASE_ID,
     PERTURBATION_FIELDS,
     FieldKind,
@@ -354,6 +355,9 @@ class _Checker:
             return canonical
         if field.name == "perturbation_ontology_id":
             return canonical  # judged with its perturbation_type (check_perturbation)
+        if field.name == "perturbation_type" and canonical in LOSS_OF_FUNCTION_TYPES:
+            if any(t in known for t in LOSS_OF_FUNCTION_TYPES):
+                return canonical  # encoded as a loss-of-function type the model knows
         if field.kind is FieldKind.ONTOLOGY:
             # an unseen term is encoded through the ancestors it shares with known terms
             shared = set(known) | set(self.ancestor_tokens.get(field.name, ()))

@@ -52,6 +52,28 @@ LABELLED = {
 MODALITY_WORD = {"bulk": "bulk", "sc": "single-cell"}
 
 
+def round_preserving_total(mu: np.ndarray) -> np.ndarray:
+    """Integer counts from expected counts, each row summing exactly to its (rounded) total.
+
+    Plain rounding of a single cell's ~20,000 expected counts, most below 0.5, would
+    lose most of its library; largest-remainder rounding keeps every row's total.
+    """
+    counts = np.rint(mu).astype(np.int64)
+    totals = np.rint(mu.sum(axis=1)).astype(np.int64)
+    # deep libraries (bulk) round within 0.1%: only shallow rows need the exact method
+    off = np.abs(counts.sum(axis=1) - totals) > 1e-3 * np.maximum(totals, 1)
+    n = mu.shape[1]
+    for i in np.flatnonzero(off):
+        floor = np.floor(mu[i])
+        frac = mu[i] - floor
+        row = floor.astype(np.int64)
+        d = int(min(max(totals[i] - row.sum(), 0), n))
+        if d:
+            row[np.argpartition(frac, n - d)[n - d :]] += 1
+        counts[i] = row
+    return counts
+
+
 def output_metadata(
     record: Mapping[str, str], modality: str, labels: Mapping[str, Mapping[str, str]] | None = None
 ) -> dict[str, str]:
@@ -125,13 +147,12 @@ class Predictor:
         """Counts for each row of z (chunked); ``records`` give the on-target inputs."""
         n = library.shape[0]
         out = np.empty((n, len(self.genes)), dtype=np.int64)
-        meta = self._encode(records)
+        targets = self.vocab.targets(records, self.genes.index_of)
         theta = torch.exp(self.module.log_theta).numpy().astype(np.float64)
         for start in range(0, n, CHUNK):
             stop = min(n, start + CHUNK)
             zt = {g: torch.as_tensor(z[g][start:stop], dtype=torch.float32) for g in GROUPS}
-            chunk_meta = {k: v for k, v in meta.items() if not k.startswith("cat:")}
-            chunk_meta = {k: v[start:stop] for k, v in chunk_meta.items()}
+            chunk_meta = {k: v[start:stop] for k, v in targets.items()}
             lib = torch.ones(stop - start, 1)
             scale = self.module.generative(zt, lib, chunk_meta)["scale"].numpy().astype(np.float64)
             mu = scale * library[start:stop, None]
@@ -139,7 +160,7 @@ class Predictor:
                 rate = rng.gamma(shape=theta, scale=mu / theta)
                 out[start:stop] = rng.poisson(rate)
             else:
-                out[start:stop] = np.rint(mu).astype(np.int64)
+                out[start:stop] = round_preserving_total(mu)
         return out
 
     @staticmethod

@@ -206,29 +206,30 @@ class GEMModule(nn.Module):
         weight = self.dec_out if genes is None else self.dec_out[genes]
         bias = self.dec_bias if genes is None else self.dec_bias[genes]
         logits = F.linear(h, weight, bias)
-        logits = logits + self._on_target(meta, genes, logits.shape[-1])
+        rows, cols, shift = self._on_target(meta, genes)
+        if rows.numel():
+            logits = logits.index_put((rows, cols), logits[rows, cols] + shift)
         scale = torch.softmax(logits, dim=-1)
         theta = torch.exp(self.log_theta if genes is None else self.log_theta[genes])
         return {"mu": library * scale, "scale": scale, "theta": theta.expand_as(scale)}
 
     def _on_target(
-        self, meta: dict[str, torch.Tensor], genes: torch.Tensor | None, n_cols: int
-    ) -> torch.Tensor:
+        self, meta: dict[str, torch.Tensor], genes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, columns, logit shifts) of the targeted genes of gene-targeting perturbations."""
         target, kind = meta["target_gene"], meta["target_kind"]
-        shift = torch.zeros(target.shape[0], n_cols, device=target.device)
         active = (target >= 0) & (kind > 0)
         if not bool(active.any()):
-            return shift
+            empty = torch.zeros(0, dtype=torch.long, device=target.device)
+            return empty, empty, torch.zeros(0, device=target.device)
         if genes is None:
             cols = target
         else:  # position of each target within the gathered genes, if present
             lookup = torch.full((self.config.n_genes,), -1, dtype=torch.long, device=genes.device)
             lookup[genes] = torch.arange(len(genes), device=genes.device)
             cols = torch.where(target >= 0, lookup[target.clamp(min=0)], -1)
-        active = active & (cols >= 0)
-        rows = torch.nonzero(active).squeeze(-1)
-        shift[rows, cols[rows]] = self.on_target[kind[rows]]
-        return shift
+        rows = torch.nonzero(active & (cols >= 0)).squeeze(-1)
+        return rows, cols[rows], self.on_target[kind[rows]]
 
     def classify(self, z: dict[LatentGroup, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Classifier logits per field, from the latent of the group that owns the field."""

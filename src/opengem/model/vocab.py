@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from opengem.contract import FIELDS, FieldKind, LatentGroup, parse_age, parse_quantity
-from opengem.contract.fields import GENE_TARGETING_TYPES
+from opengem.contract.fields import GENE_TARGETING_TYPES, LOSS_OF_FUNCTION_TYPES
 
 UNKNOWN = "<unknown>"
 NUMERIC_FIELDS = ("age_years", "perturbation_dose", "perturbation_time")
@@ -31,6 +31,13 @@ Ancestors = Callable[[str], Sequence[str]]
 
 
 def _no_ancestors(term: str) -> Sequence[str]:
+    return ()
+
+
+def _same_kind(perturbation_type: str) -> Sequence[str]:
+    """An unseen loss-of-function type falls back to the ones the model knows."""
+    if perturbation_type in LOSS_OF_FUNCTION_TYPES:
+        return [t for t in LOSS_OF_FUNCTION_TYPES if t != perturbation_type]
     return ()
 
 
@@ -225,9 +232,10 @@ class Vocabulary:
         for name, fv in self.fields.items():
             idx: list[int] = []
             off: list[int] = []
+            fallback = _same_kind if name == "perturbation_type" else ancestors
             for r in records:
                 off.append(len(idx))
-                idx.extend(fv.token_indices(r.get(name), ancestors))
+                idx.extend(fv.token_indices(r.get(name), fallback))
             out[f"cat:{name}:idx"] = torch.tensor(idx, dtype=torch.long)
             out[f"cat:{name}:off"] = torch.tensor(off, dtype=torch.long)
         unit_index = {u: i for i, u in enumerate(self.units)}
@@ -240,16 +248,29 @@ class Vocabulary:
             out[f"num:{name}"] = torch.tensor(rows, dtype=torch.float32)
             if name != "age_years":
                 out[f"unit:{name}"] = torch.tensor(units, dtype=torch.long)
-        targets, kinds = [], []
-        for r in records:
-            kind = TARGETING_KIND.get(r.get("perturbation_type", ""), 0)
-            pid = r.get("perturbation_ontology_id", "")
-            where = gene_index(pid) if kind and pid else None
-            targets.append(-1 if where is None else where)
-            kinds.append(kind if where is not None else 0)
-        out["target_gene"] = torch.tensor(targets, dtype=torch.long)
-        out["target_kind"] = torch.tensor(kinds, dtype=torch.long)
+        out.update(self.targets(records, gene_index))
         return out
+
+    @staticmethod
+    def targets(
+        records: Sequence[Mapping[str, str]], gene_index: Callable[[str], int | None]
+    ) -> dict[str, torch.Tensor]:
+        """``target_gene`` (gene index, -1 none) and ``target_kind`` of each record."""
+        targets, kinds = [], []
+        cache: dict[int, tuple[int, int]] = {}
+        for r in records:
+            if id(r) not in cache:
+                kind = TARGETING_KIND.get(r.get("perturbation_type", ""), 0)
+                pid = r.get("perturbation_ontology_id", "")
+                where = gene_index(pid) if kind and pid else None
+                cache[id(r)] = (-1, 0) if where is None else (where, kind)
+            t, k = cache[id(r)]
+            targets.append(t)
+            kinds.append(k)
+        return {
+            "target_gene": torch.tensor(targets, dtype=torch.long),
+            "target_kind": torch.tensor(kinds, dtype=torch.long),
+        }
 
     def class_labels(self, records: Iterable[Mapping[str, str]]) -> dict[str, torch.Tensor]:
         """Per field with ≥ 2 classes: class index of each record, -1 when unknown."""
