@@ -165,11 +165,16 @@ def train_bundle(
     callbacks: list[Any] = [keep] if progress else [keep, EpochLog()]
     if val_loader is not None:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=t.patience, mode="min"))
+    chosen = strategy or t.strategy
+    if chosen in ("ddp", "ddp_spawn"):
+        # a batch may leave parameters unused (a classifier head without labels in it, the
+        # on-target term without targeted samples): DDP must be told, or ranks deadlock
+        chosen = f"{chosen}_find_unused_parameters_true"
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices or t.devices,
         num_nodes=num_nodes or t.num_nodes,
-        strategy=strategy or t.strategy,
+        strategy=chosen,
         max_epochs=max_epochs or t.max_epochs,
         max_time={"minutes": t.max_minutes},
         callbacks=callbacks,
