@@ -67,14 +67,25 @@ def summarise(value: Any) -> Any:
     return value
 
 
-def _validated(query: Any, model_id: str) -> Any:
+def _guarded(call: Any, *args: Any) -> Any:
+    """Run ``call``; bad input (unknown model, invalid query, missing bundle) exits 2."""
     try:
-        return validate_query(query, model_id)
+        return call(*args)
     except UnknownModelError as exc:
         _fail(str(exc))
     except QueryError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except ValueError as exc:
+        # a BundleError can only come from an imported engine (torch stays unimported here)
+        bundle = sys.modules.get("opengem.engine.bundle")
+        if bundle is not None and isinstance(exc, bundle.BundleError):
+            _fail(str(exc))
+        raise
+
+
+def _validated(query: Any, model_id: str) -> Any:
+    return _guarded(validate_query, query, model_id)
 
 
 @app.command("models")
@@ -142,17 +153,8 @@ def examples_cmd() -> None:
 def _run(query: Any, model_id: str) -> Any:
     """Validate against the model and run; bad input exits 2 with the problems."""
     from opengem.client.embedded import run_query
-    from opengem.engine import BundleError
 
-    try:
-        return run_query(query, model_id)
-    except UnknownModelError as exc:
-        _fail(str(exc))
-    except QueryError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except BundleError as exc:
-        _fail(str(exc))
+    return _guarded(run_query, query, model_id)
 
 
 def write_result(result: Any, out: Path) -> None:
@@ -429,6 +431,223 @@ def train_cmd(
         f"{result.best_epoch}); validation loss {v.get('loss', float('nan')):.4f} on "
         f"{v.get('n_samples', 0)} held-out samples; bundle: {out}"
     )
+
+
+# ---------------------------------------------------------------- the server
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    workers: int = typer.Option(1, help="worker processes that run queries"),
+    models: Path = typer.Option(
+        None, "--models", help="model bundles folder (default: OPENGEM_MODELS or the shipped ones)"
+    ),
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        help="job database, results and URL-signing secret (default: OPENGEM_DATA_DIR or "
+        "~/.local/share/opengem/server)",
+    ),
+    auth: bool = typer.Option(
+        None,
+        "--auth/--no-auth",
+        help="require API keys (default: on unless --host is a loopback address)",
+    ),
+    max_body_mb: float = typer.Option(64.0, help="largest request body, MiB"),
+    max_samples_per_query: int = typer.Option(
+        None, help="most samples one query may ask for (default: OPENGEM_MAX_SAMPLES_PER_QUERY)"
+    ),
+    query_timeout: float = typer.Option(600.0, help="seconds a query may run"),
+    model_idle_seconds: float = typer.Option(900.0, help="unload a model unused this long"),
+    download_ttl: int = typer.Option(3600, help="seconds a signed download URL stays valid"),
+    result_ttl_hours: float = typer.Option(168.0, help="delete finished results after this"),
+    public_url: str = typer.Option(
+        None, help="base URL clients use, for download links (default: the request's)"
+    ),
+    torch_threads: int = typer.Option(
+        None,
+        help="torch threads per worker (default: torch's, so results equal the embedded "
+        "API's to the last count)",
+    ),
+    log_level: str = typer.Option("info", help="debug, info, warning or error"),
+) -> None:
+    """Serve the GEM-1 API (hosted and self-hosted protocols) for pysynthbio / rsynthbio."""
+    from opengem.server.app import serve
+    from opengem.server.config import ServerConfig, default_data_dir
+    from opengem.server.store import open_store
+    from opengem.settings import QueryLimits
+
+    try:
+        config = ServerConfig(
+            data_dir=data_dir or default_data_dir(),
+            models_dir=models,
+            host=host,
+            port=port,
+            workers=workers,
+            auth=auth,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_samples_per_query=(
+                max_samples_per_query or QueryLimits.from_env().max_samples_per_query
+            ),
+            query_timeout_s=query_timeout,
+            model_idle_s=model_idle_seconds,
+            download_ttl_s=download_ttl,
+            result_ttl_s=int(result_ttl_hours * 3600),
+            public_url=public_url,
+            torch_threads=torch_threads,
+            log_level=log_level,
+        )
+        store = open_store(config.data_dir, config.resolved_database_url)
+        n_keys = sum(1 for k in store.list_keys() if k.revoked_at is None)
+        store.close()
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(str(exc))
+    mode = "on" if config.auth_enabled else "off"
+    typer.echo(
+        f"opengem {__import__('opengem').__version__} on http://{host}:{port} "
+        f"(auth {mode}, {workers} worker(s), data {config.data_dir})",
+        err=True,
+    )
+    if config.auth_enabled and n_keys == 0:
+        typer.echo(
+            f"warning: auth is on and there are no API keys; create one with "
+            f"`opengem keys create --data-dir {config.data_dir} --name NAME`",
+            err=True,
+        )
+    serve(config)
+
+
+keys_app = typer.Typer(help="API keys of a server (stored hashed in its data folder).")
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store(data_dir: Path | None) -> Any:
+    from opengem.server.config import default_data_dir
+    from opengem.server.store import open_store
+
+    try:
+        return open_store(data_dir or default_data_dir())
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@keys_app.command("create")
+def keys_create_cmd(
+    name: str = typer.Option(..., "--name", help="who or what uses the key"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="the server's data folder"),
+    quota_samples_per_week: int = typer.Option(
+        None, "--quota-samples-per-week", help="samples this key may generate per week"
+    ),
+) -> None:
+    """Create a key; it is printed once, alone on the last line, and stored only hashed."""
+    from opengem.server.keys import create_key
+
+    store = _key_store(data_dir)
+    try:
+        token = create_key(store, name, quota_samples_per_week)
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    quota = (
+        "no quota"
+        if quota_samples_per_week is None
+        else f"{quota_samples_per_week:,} samples per week"
+    )
+    typer.echo(f"created API key {token.split('_')[1]} for {name!r} ({quota}).")
+    typer.echo("It is shown only now; send it as 'Authorization: Bearer <key>'.")
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list_cmd(
+    data_dir: Path = typer.Option(None, "--data-dir", help="the server's data folder"),
+) -> None:
+    """List keys (ids and names, never the keys) with this week's usage."""
+    from datetime import UTC, datetime
+
+    from opengem.server.store import week_of
+
+    store = _key_store(data_dir)
+    week = week_of()
+    try:
+        for k in store.list_keys():
+            quota = "-" if k.quota_samples_per_week is None else f"{k.quota_samples_per_week:,}"
+            created = datetime.fromtimestamp(k.created_at, UTC).strftime("%Y-%m-%d")
+            state = "revoked" if k.revoked_at else "active"
+            used = store.usage(k.key_id, week)
+            typer.echo(
+                f"{k.key_id}  {state:<7}  used {used:>9,} / {quota:>9} this week  "
+                f"created {created}  {k.name}"
+            )
+    finally:
+        store.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke_cmd(
+    key_id: str = typer.Argument(..., help="the key id (second part of og_<id>_…)"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="the server's data folder"),
+) -> None:
+    """Revoke a key: requests with it get 401 from then on."""
+    store = _key_store(data_dir)
+    try:
+        revoked = store.revoke_key(key_id)
+    finally:
+        store.close()
+    if not revoked:
+        _fail(f"no active key {key_id!r}")
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command("eval")
+def eval_cmd(
+    protocol: str = typer.Option(
+        ..., help="held-out-context, held-out-study or seen-condition (docs/evaluation.md)"
+    ),
+    corpus: Path = typer.Option(..., help="corpus file (bulk.h5ad or sc.h5ad)"),
+    out: Path = typer.Option(..., help="output folder: metrics.json, report.html, PNGs"),
+    study: list[str] = typer.Option(None, help="restrict units to these studies (repeatable)"),
+    config: Path = typer.Option(None, help="training config (default: built-in defaults)"),
+    fast: bool = typer.Option(False, help="tiny model, few epochs, small training subset"),
+    max_minutes: float = typer.Option(None, help="wall-time cap per training, in minutes"),
+) -> None:
+    """Evaluate a model under a protocol, with every baseline, from one run."""
+    import shlex
+
+    from opengem.eval.protocols import load_train_config, run_protocol
+    from opengem.eval.runner import EvalError
+
+    if Path(sys.argv[0]).name == "opengem":
+        command = shlex.join(["opengem", *sys.argv[1:]])
+    else:
+        words = ["opengem", "eval", "--protocol", protocol, "--corpus", str(corpus)]
+        for s in study or []:
+            words += ["--study", s]
+        words += ["--config", str(config)] if config else []
+        words += ["--fast"] if fast else []
+        words += ["--max-minutes", f"{max_minutes:g}"] if max_minutes is not None else []
+        command = shlex.join([*words, "--out", str(out)])
+    try:
+        metrics = run_protocol(
+            protocol,
+            corpus,
+            out,
+            config=load_train_config(config),
+            fast=fast,
+            max_minutes=max_minutes,
+            studies=study or None,
+            command=command,
+            log=lambda line: typer.echo(line, err=True),
+        )
+    except (EvalError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{protocol}: {metrics['summary']['n_units']} units, {metrics['n_trainings']} "
+        f"training(s); {out / 'metrics.json'}, {out / 'report.html'}"
+    )
+    for sentence in metrics["verdict"].values():
+        typer.echo(f"  {sentence}")
 
 
 def main() -> None:

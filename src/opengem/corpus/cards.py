@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from opengem.contract import FIELDS, QueryError, validate_metadata
 from opengem.corpus.readers import (
@@ -32,6 +31,7 @@ from opengem.corpus.readers import (
 from opengem.corpus.readers.delimited import default_sep
 from opengem.corpus.study import CorpusError, StudyTable
 from opengem.ontology.genes import default_gene_space, is_ensembl_gene_id
+from opengem.tomlfiles import read_toml_model
 
 Scalar = str | int | float
 Match = str | list[str]
@@ -154,18 +154,9 @@ class StudyCard(_Section):
 def load_card(path: Path) -> StudyCard:
     """Parse and check one card file (structure only; data is read by :func:`read_card`)."""
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise CorpusError(f"study card {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CorpusError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        card = StudyCard.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'card'}: {e['msg']}" for e in exc.errors()
-        )
-        raise CorpusError(f"{path}: {problems}") from None
+        card = read_toml_model(path, StudyCard, "study card")
+    except ValueError as exc:
+        raise CorpusError(str(exc)) from None
     if card.study.id != path.stem:
         raise CorpusError(
             f"{path}: study.id {card.study.id!r} must equal the file name {path.stem!r}"

@@ -17,6 +17,13 @@ import pandas as pd
 GROUP_NAMES = ("biological", "technical", "perturbation")
 
 
+def latents_frame(latents: dict[str, np.ndarray]) -> pd.DataFrame:
+    """pysynthbio's latents frame: a column per group, each cell a list of floats."""
+    return pd.DataFrame(
+        {g: latents[g].astype(np.float64).tolist() for g in GROUP_NAMES if g in latents}
+    )
+
+
 @dataclass
 class ExpressionResult:
     """Generated expression: one row per output sample, in input order."""
@@ -65,10 +72,7 @@ class ExpressionResult:
         expression = pd.DataFrame(
             self.counts.astype(np.int64, copy=False), columns=pd.Index(self.gene_order)
         )
-        latents = pd.DataFrame(
-            {g: list(self.latents[g].astype(np.float64)) for g in GROUP_NAMES if g in self.latents}
-        )
-        latents = latents.map(lambda v: v.tolist()) if len(latents) else latents
+        latents = latents_frame(self.latents)
         return {
             "metadata": pd.DataFrame(self.metadata),
             "expression": expression,
@@ -120,10 +124,7 @@ class MetadataResult:
 
     def to_frames(self) -> dict[str, pd.DataFrame]:
         """pysynthbio 4.1: ``metadata``, ``latents``, ``classifier_probs``, ``expression``."""
-        latents = pd.DataFrame(
-            {g: list(self.latents[g].astype(np.float64)) for g in GROUP_NAMES if g in self.latents}
-        )
-        latents = latents.map(lambda v: v.tolist()) if len(latents) else latents
+        latents = latents_frame(self.latents)
         return {
             "metadata": pd.DataFrame(self.metadata),
             "latents": latents,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from opengem.model import ModelConfig
+from opengem.tomlfiles import read_toml_model
 
 
 class ModelSection(BaseModel):
@@ -62,17 +62,7 @@ class TrainConfig(BaseModel):
 
 def load_config(path: Path) -> TrainConfig:
     """Parse a training config; errors name the file and the key."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"training config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from None
+    return read_toml_model(path, TrainConfig, "training config")
 
 
 __all__ = ["ModelConfig", "TrainConfig", "asdict", "load_config"]
