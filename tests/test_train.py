@@ -151,3 +151,13 @@ def test_train_cli_with_two_process_cpu_ddp(corpus, tmp_path: Path) -> None:  # 
         timeout=120,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_backed_corpus_trains_like_an_in_memory_one(corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "bulk.h5ad"
+    corpus.write_h5ad(path)
+    config = TrainConfig.model_validate(TINY)
+    backed = TrainConfig.model_validate({**TINY, "training": {**TINY["training"], "backed": True}})
+    a = train_bundle(path, config, None, progress=False).bundle.module.state_dict()
+    b = train_bundle(path, backed, None, progress=False).bundle.module.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
