@@ -113,7 +113,9 @@ def main() -> None:
         f"--out src/opengem/models/gem-1-{modality}` — {training['wall_seconds']:.0f} s on a "
         f"2-core CPU, {training['epochs']} epochs (best {training['best_epoch']}), seed "
         f"{cfg['training']['seed']}, torch {training.get('torch', '')}.",
-        f"Early stopping on held-out {'studies: ' + ', '.join(held) if split == 'study' else 'cells (5% of each study)'}.",
+        "Early stopping on held-out "
+        + ("studies: " + ", ".join(held) if split == "study" else "cells (5% of each study)")
+        + ".",
         "",
         "| validation metric | value |",
         "|---|---|",

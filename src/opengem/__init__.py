@@ -2,8 +2,10 @@
 
 The top level mirrors the pysynthbio client, so ``import opengem as pysynthbio``
 runs code written for the GEM-1 API: :func:`list_models`, :func:`get_example_query`,
-:func:`predict_query`, plus :func:`validate_query`, :func:`to_anndata` and
-:func:`load_bundle`. Torch and the models load on first use, not on import.
+:func:`predict_query` (embedded by default; on a server when ``api_base_url`` or
+``SYNTHESIZE_API_BASE_URL`` is set) and pysynthbio's exception classes, plus
+:func:`validate_query`, :func:`to_anndata` and :func:`load_bundle`. Torch and the
+models load on first use, not on import.
 """
 
 from typing import Any
@@ -13,15 +15,19 @@ from opengem.contract import (
     Problem,
     QueryError,
     UnknownModelError,
-    get_example_query,
-    list_models,
     validate_query,
 )
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "predict_query": "opengem.client.embedded",
+    "predict_query": "opengem.client.api",
+    "get_example_query": "opengem.client.api",
+    "list_models": "opengem.client.api",
+    "SynthesizeAPIError": "opengem.client.errors",
+    "AuthenticationError": "opengem.client.errors",
+    "NotFoundError": "opengem.client.errors",
+    "ValidationError": "opengem.client.errors",
     "to_anndata": "opengem.client.embedded",
     "load_bundle": "opengem.engine.bundle",
     "BundleError": "opengem.engine.bundle",
@@ -30,11 +36,15 @@ _LAZY = {
 
 __all__ = [
     "MODEL_IDS",
+    "AuthenticationError",
     "BundleError",
     "ModelRegistry",
+    "NotFoundError",
     "Problem",
     "QueryError",
+    "SynthesizeAPIError",
     "UnknownModelError",
+    "ValidationError",
     "__version__",
     "get_example_query",
     "list_models",

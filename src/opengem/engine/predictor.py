@@ -96,7 +96,10 @@ class Predictor:
 
     def __init__(self, bundle: Bundle, gene_space: GeneSpace | None = None) -> None:
         self.bundle = bundle
-        self.module = bundle.module.eval()
+        # float64 inference: float32 sums depend on torch's thread count (a few counts in
+        # 200,000 changed between 1 and 2 threads); in float64 a seed gives the same bytes
+        # in any process
+        self.module = bundle.module.double().eval()
         self.vocab = bundle.vocab
         self.genes = gene_space or default_gene_space()
         self.sample_index = {s: i for i, s in enumerate(bundle.latent_sample_ids)}
@@ -121,7 +124,8 @@ class Predictor:
         return set(self.sample_index) | set(self.short_index)
 
     def _encode(self, records: Sequence[Mapping[str, str]]) -> dict[str, torch.Tensor]:
-        return self.vocab.encode(records, self.genes.index_of, term_ancestors)
+        meta = self.vocab.encode(records, self.genes.index_of, term_ancestors)
+        return {k: v.double() if v.is_floating_point() else v for k, v in meta.items()}
 
     @torch.no_grad()
     def _prior(
@@ -132,7 +136,7 @@ class Predictor:
 
     @torch.no_grad()
     def _posterior(self, counts: np.ndarray) -> dict[LatentGroup, tuple[np.ndarray, np.ndarray]]:
-        q = self.module.inference(torch.as_tensor(counts, dtype=torch.float32))
+        q = self.module.inference(torch.as_tensor(counts, dtype=torch.float64))
         return {g: (q[g][0].numpy(), q[g][1].numpy()) for g in GROUPS}
 
     @torch.no_grad()
@@ -151,10 +155,10 @@ class Predictor:
         theta = torch.exp(self.module.log_theta).numpy().astype(np.float64)
         for start in range(0, n, CHUNK):
             stop = min(n, start + CHUNK)
-            zt = {g: torch.as_tensor(z[g][start:stop], dtype=torch.float32) for g in GROUPS}
+            zt = {g: torch.as_tensor(z[g][start:stop], dtype=torch.float64) for g in GROUPS}
             chunk_meta = {k: v[start:stop] for k, v in targets.items()}
-            lib = torch.ones(stop - start, 1)
-            scale = self.module.generative(zt, lib, chunk_meta)["scale"].numpy().astype(np.float64)
+            lib = torch.ones(stop - start, 1, dtype=torch.float64)
+            scale = self.module.generative(zt, lib, chunk_meta)["scale"].numpy()
             mu = scale * library[start:stop, None]
             if strategy == "sample generation":
                 rate = rng.gamma(shape=theta, scale=mu / theta)

@@ -1,0 +1,208 @@
+"""Results on the wire: the result JSON (gzip) and the self-hosted Arrow IPC stream.
+
+Both are written to files atomically (temporary file, fsync, rename), so a reader
+never sees half a result, and a worker killed mid-write leaves only a stray
+temporary file behind.
+
+The Arrow stream follows compat-spec §2.2. Schema metadata: ``request_type``
+(``baseline`` | ``reference_conditioned`` | ``predict_metadata``), ``model_version``
+and ``gene_order`` (a JSON array). Expression results have one row per sample
+with ``counts`` (list<int32>, or list<int64> when a count needs it), ``metadata``
+(struct of strings) and ``biological_latent`` / ``technical_latent`` /
+``perturbation_latent`` (list<float32>); metadata predictions have
+``classifier_probs`` (struct of structs field → label → probability), ``latents``
+(struct of the three lists), ``metadata`` and ``decoder_sample`` (struct{counts}).
+Count and latent columns are built from the numpy arrays directly (a values
+buffer plus an offsets buffer), never number by number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import numpy as np
+import orjson
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+GROUPS = ("biological", "technical", "perturbation")
+BATCH_ROWS = 256
+GZIP_LEVEL = 1
+_INT32 = np.iinfo(np.int32)
+
+
+# ---------------------------------------------------------------- Arrow arrays
+def list_array(matrix: np.ndarray, value_type: Any) -> Any:
+    """A (rows, width) matrix as an Arrow list array, one list per row, without copying
+    the values number by number (large_list when the values need 64-bit offsets)."""
+    import pyarrow as pa
+
+    matrix = np.ascontiguousarray(matrix)
+    rows, width = matrix.shape
+    values = pa.array(matrix.reshape(-1), type=value_type)
+    total = rows * width
+    if total < 2**31:
+        offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * np.int32(width))
+        return pa.ListArray.from_arrays(offsets, values)
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int64) * np.int64(width))
+    return pa.LargeListArray.from_arrays(offsets, values)
+
+
+def counts_array(counts: np.ndarray) -> Any:
+    """Counts as list<int32> when every value fits (R reads them as integers), else int64."""
+    import pyarrow as pa
+
+    fits = counts.size == 0 or (counts.min() >= _INT32.min and counts.max() <= _INT32.max)
+    if fits:
+        return list_array(counts.astype(np.int32, copy=False), pa.int32())
+    return list_array(counts.astype(np.int64, copy=False), pa.int64())
+
+
+def _string_struct(rows: list[dict[str, str]]) -> Any:
+    import pyarrow as pa
+
+    keys = list(rows[0]) if rows else []
+    return pa.array(rows, type=pa.struct([(k, pa.string()) for k in keys]))
+
+
+def _probs_struct(rows: list[dict[str, dict[str, float]]]) -> Any:
+    import pyarrow as pa
+
+    first = rows[0] if rows else {}
+    kind = pa.struct(
+        [(f, pa.struct([(label, pa.float64()) for label in labels])) for f, labels in first.items()]
+    )
+    return pa.array(rows, type=kind)
+
+
+def arrow_table(result: Any) -> Any:
+    """The self-hosted Arrow table of an ``ExpressionResult`` or ``MetadataResult``."""
+    import pyarrow as pa
+
+    meta = {
+        "request_type": result.request_type,
+        "model_version": str(result.model_version),
+        "gene_order": orjson.dumps(list(result.gene_order)).decode(),
+    }
+    latents = {
+        g: list_array(result.latents[g].astype(np.float32, copy=False), pa.float32())
+        for g in GROUPS
+        if g in result.latents
+    }
+    if result.request_type == "predict_metadata":
+        columns = {
+            "classifier_probs": _probs_struct(result.classifier_probs),
+            "latents": pa.StructArray.from_arrays(list(latents.values()), names=list(latents)),
+            "metadata": _string_struct(result.metadata),
+            "decoder_sample": pa.StructArray.from_arrays(
+                [counts_array(result.decoder_counts)], names=["counts"]
+            ),
+        }
+    else:
+        columns = {
+            "counts": counts_array(result.counts),
+            "metadata": _string_struct(result.metadata),
+        }
+        columns.update({f"{g}_latent": array for g, array in latents.items()})
+    table = pa.table(columns)
+    return table.replace_schema_metadata(meta)
+
+
+def write_arrow_stream(table: Any, sink: Any) -> None:
+    """Write a table as an IPC stream, in batches a reader can consume as they arrive."""
+    import pyarrow as pa
+
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+            writer.write_batch(batch)
+
+
+# ---------------------------------------------------------------------- JSON
+def result_json_bytes(result: Any) -> bytes:
+    """The result JSON (compat-spec §4), latents as float64 so every float reads back
+    exactly as the embedded API returns it."""
+    exact = dataclasses.replace(
+        result, latents={g: v.astype(np.float64) for g, v in result.latents.items()}
+    )
+    return exact.to_json_bytes()
+
+
+# ---------------------------------------------------------------- files
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> Path:
+    """Write via a temporary file in the same folder, fsync (``durable``), then rename
+    into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+class ResultFiles:
+    """Where finished results live: ``<data dir>/results/<query id>.json.gz | .arrows``."""
+
+    SUFFIX: ClassVar[dict[str, str]] = {"json": ".json.gz", "arrow": ".arrows"}
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.root = Path(data_dir) / "results"
+
+    def path(self, name: str) -> Path:
+        """The file of a stored result name (names never contain a separator)."""
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"bad result name {name!r}")
+        return self.root / name
+
+    def write(self, job_id: str, kind: str, result: Any) -> str:
+        """Write a result in the job's format; returns the name to store with the job."""
+        name = f"{job_id}{self.SUFFIX[kind]}"
+        if kind == "json":
+            data = result_json_bytes(result)
+
+            def write(fh: IO[bytes]) -> None:
+                with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as gz:
+                    gz.write(data)
+
+        else:
+            table = arrow_table(result)
+
+            def write(fh: IO[bytes]) -> None:
+                write_arrow_stream(table, fh)
+
+        # an Arrow result lives seconds (streamed once, then deleted): no fsync
+        atomic_write(self.path(name), write, durable=kind == "json")
+        return name
+
+    def delete(self, name: str | None) -> None:
+        if name:
+            try:
+                self.path(name).unlink(missing_ok=True)
+            except ValueError:
+                pass
+
+    def sweep_temporary(self, older_than_s: float = 3600.0) -> int:
+        """Remove temporary files left by workers that died mid-write."""
+        import time
+
+        if not self.root.is_dir():
+            return 0
+        cutoff, removed = time.time() - older_than_s, 0
+        for tmp in self.root.glob(".*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        return removed
