@@ -59,8 +59,11 @@ def eval_section(paths: list[Path]) -> list[str]:
             row = [_fmt(summary["model"].get(metric, ""))]
             row += [_fmt(summary["baselines"][b].get(metric, "")) for b in names[1:]]
             lines.append(f"| {metric} | " + " | ".join(row) + " |")
-        if m.get("verdict"):
-            lines += ["", m["verdict"]]
+        verdict = m.get("verdict")
+        if isinstance(verdict, dict):
+            lines += [""] + [f"- {v}" for v in verdict.values()]
+        elif verdict:
+            lines += ["", str(verdict)]
         lines.append("")
     return lines
 
