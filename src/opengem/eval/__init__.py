@@ -1,4 +1,13 @@
-"""Evaluation of opengem models: the metrics of the protocol in ``docs/evaluation.md``."""
+"""Evaluation of opengem models: the protocol in ``docs/evaluation.md``.
+
+- :mod:`opengem.eval.metrics`: the metrics (re-exported here);
+- :mod:`opengem.eval.baselines`: no change, additive shift, train mean, condition
+  mean (+ NB noise), logistic regression on PCA;
+- :mod:`opengem.eval.experiments`: held-out-context experiments and their units;
+- :mod:`opengem.eval.protocols`: the three protocols and :func:`run_protocol`
+  (``opengem eval``), writing ``metrics.json`` and ``report.html``
+  (:mod:`opengem.eval.report`).
+"""
 
 from __future__ import annotations
 
