@@ -168,7 +168,13 @@ def main() -> None:
     lines += (
         eval_section(args.eval)
         if args.eval
-        else ['Not yet evaluated with `opengem eval` (see the README\'s "How good is it?").', ""]
+        else [
+            "Not yet evaluated with `opengem eval` in this release: run "
+            f"`opengem eval --protocol seen-condition --corpus build/corpus/{modality}.h5ad "
+            f"--config configs/{modality}.toml --out eval/{modality}-seen-condition` and pass "
+            "its metrics.json with --eval.",
+            "",
+        ]
     )
     (args.bundle / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.bundle / 'MODEL_CARD.md'}")
