@@ -17,6 +17,7 @@ seed gives byte-identical results in any process; no seed, fresh randomness.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -99,7 +100,7 @@ class Predictor:
         # float64 inference: float32 sums depend on torch's thread count (a few counts in
         # 200,000 changed between 1 and 2 threads); in float64 a seed gives the same bytes
         # in any process
-        self.module = bundle.module.double().eval()
+        self.module = copy.deepcopy(bundle.module).double().eval()
         self.vocab = bundle.vocab
         self.genes = gene_space or default_gene_space()
         self.sample_index = {s: i for i, s in enumerate(bundle.latent_sample_ids)}
