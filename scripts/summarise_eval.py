@@ -22,8 +22,10 @@ def main(paths: list[str]) -> None:
         m = json.loads(Path(name).read_text())
         summary = m["summary"]
         baselines = sorted(summary.get("baselines", {}))
-        print(f"**{m['protocol']}** — {len(m['units'])} held-out units, "
-              f"{m.get('n_trainings', '?')} trainings: `{m.get('command', '')}`\n")
+        print(
+            f"**{m['protocol']}** — {len(m['units'])} held-out units, "
+            f"{m.get('n_trainings', '?')} trainings: `{m.get('command', '')}`\n"
+        )
         print("| metric | model | " + " | ".join(baselines) + " |")
         print("|---|---|" + "---|" * len(baselines))
         for metric in sorted(summary["model"]):
