@@ -798,11 +798,11 @@ def test_vocabulary_membership() -> None:
     (problem,) = err.value.problems
     assert "not in this model's vocabulary" in problem.reason
     assert set(problem.suggestions) <= {"UBERON:0000945 (stomach)", "UBERON:0001155 (colon)"}
-    # an unseen compound is modelled as an unseen perturbation of its type ...
-    assert run(perturbation_ontology_id="CHEMBL1234567", perturbation_type="compound")
+    # an unseen compound (doxorubicin) is modelled as an unseen perturbation of its type ...
+    assert run(perturbation_ontology_id="CHEMBL53463", perturbation_type="compound")
     # ... which needs the type; an unseen gene target always works (on-target term)
     with pytest.raises(QueryError, match="give its perturbation_type"):
-        run(perturbation_ontology_id="CHEMBL1234567")
+        run(perturbation_ontology_id="CHEMBL53463")
     assert run(perturbation_ontology_id="ENSG00000141510").inputs[0].metadata
 
 

@@ -603,45 +603,67 @@ def keys_revoke_cmd(
 @app.command("eval")
 def eval_cmd(
     protocol: str = typer.Option(
-        ..., help="held-out-context, held-out-study or seen-condition (docs/evaluation.md)"
+        None,
+        help="fit, held-out-context, held-out-study-perturbation, held-out-perturbation, "
+        "combinations, held-out-study, seen-condition, held-out-cells (docs/evaluation.md)",
+    ),
+    all_protocols: bool = typer.Option(
+        False, "--all", help="every protocol of the corpus modality: summary.json + report.html"
     ),
     corpus: Path = typer.Option(..., help="corpus file (bulk.h5ad or sc.h5ad)"),
     out: Path = typer.Option(..., help="output folder: metrics.json, report.html, PNGs"),
     study: list[str] = typer.Option(None, help="restrict units to these studies (repeatable)"),
     config: Path = typer.Option(None, help="training config (default: built-in defaults)"),
-    fast: bool = typer.Option(False, help="tiny model, few epochs, small training subset"),
-    max_minutes: float = typer.Option(None, help="wall-time cap per training, in minutes"),
+    fast: bool = typer.Option(False, help="the tiny documented preset on a small training subset"),
+    max_minutes: float = typer.Option(
+        None, help="wall-clock safety stop per training (a stopped training is marked truncated)"
+    ),
+    max_rotations: int = typer.Option(None, help="at most this many trainings per protocol"),
 ) -> None:
-    """Evaluate a model under a protocol, with every baseline, from one run."""
+    """Evaluate a model under a protocol (or --all), with every baseline, from one run."""
     import shlex
 
-    from opengem.eval.protocols import load_train_config, run_protocol
-    from opengem.eval.runner import EvalError
+    from opengem.eval.corpus import EvalError
+    from opengem.eval.run import load_train_config, run_all, run_protocol
 
+    if (protocol is None) == (not all_protocols):
+        _fail("give either --protocol NAME or --all")
     if Path(sys.argv[0]).name == "opengem":
         command = shlex.join(["opengem", *sys.argv[1:]])
     else:
-        words = ["opengem", "eval", "--protocol", protocol, "--corpus", str(corpus)]
+        words = ["opengem", "eval"]
+        words += ["--all"] if all_protocols else ["--protocol", protocol]
+        words += ["--corpus", str(corpus)]
         for s in study or []:
             words += ["--study", s]
         words += ["--config", str(config)] if config else []
         words += ["--fast"] if fast else []
         words += ["--max-minutes", f"{max_minutes:g}"] if max_minutes is not None else []
+        words += ["--max-rotations", str(max_rotations)] if max_rotations is not None else []
         command = shlex.join([*words, "--out", str(out)])
+    options = {
+        "config": None,
+        "fast": fast,
+        "max_minutes": max_minutes,
+        "studies": study or None,
+        "command": command,
+        "log": lambda line: typer.echo(line, err=True),
+        "max_rotations": max_rotations,
+    }
     try:
-        metrics = run_protocol(
-            protocol,
-            corpus,
-            out,
-            config=load_train_config(config),
-            fast=fast,
-            max_minutes=max_minutes,
-            studies=study or None,
-            command=command,
-            log=lambda line: typer.echo(line, err=True),
-        )
+        options["config"] = load_train_config(config)
+        if all_protocols:
+            summary = run_all(corpus, out, **options)
+        else:
+            metrics = run_protocol(protocol, corpus, out, **options)
     except (EvalError, ValueError) as exc:
         _fail(str(exc))
+    if all_protocols:
+        typer.echo(
+            f"--all: {len(summary['protocols'])} protocols, {len(summary['skipped'])} skipped; "
+            f"{out / 'summary.json'}, {out / 'report.html'}"
+        )
+        return
     typer.echo(
         f"{protocol}: {metrics['summary']['n_units']} units, {metrics['n_trainings']} "
         f"training(s); {out / 'metrics.json'}, {out / 'report.html'}"

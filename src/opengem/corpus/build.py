@@ -24,9 +24,19 @@ import pandas as pd
 import scipy.sparse as sp
 
 from opengem.contract import FIELDS, FieldKind
-from opengem.corpus.cards import StudyCard, load_card, load_cards, read_card, sample_metadata
+from opengem.corpus.cards import (
+    CARD_FIELDS,
+    PERTURBATION_SEP,
+    StudyCard,
+    load_card,
+    load_cards,
+    match_groups,
+    read_card,
+    sample_metadata,
+)
 from opengem.corpus.harmonize import GeneMapper, HarmonizedStudy, harmonize
 from opengem.corpus.study import CorpusError
+from opengem.ontology.cell_lines import cell_line_sex
 from opengem.ontology.describe import term_label
 from opengem.ontology.genes import GeneSpace, default_gene_space
 
@@ -44,6 +54,10 @@ class StudyResult:
     data: HarmonizedStudy
     obs: pd.DataFrame
     left_out: int
+    #: cell line -> samples whose sex was filled from the cell-line table
+    sex_from_table: dict[str, int] = field(default_factory=dict)
+    #: cell line -> (sheet sex, samples) where the sheet's sex contradicts the table
+    sex_conflicts: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,17 +106,47 @@ def process_card(path: Path, card: StudyCard, root: Path, mapper: GeneMapper) ->
         max_unmapped_fraction=m.max_unmapped_fraction,
     )
     records = sample_metadata(card, sheet, location=str(path.name))
-    obs = pd.DataFrame.from_records(records, index=sheet.index).reindex(columns=list(FIELDS))
-    obs = obs.fillna("")
+    obs = pd.DataFrame.from_records(records, index=sheet.index)
+    obs = obs.reindex(columns=[*FIELDS, *CARD_FIELDS]).fillna("")
+    filled, conflicts = fill_sex_from_cell_lines(obs)
     obs["study"] = card.study.id  # the technical `study` field: one batch per card
     obs["accession"] = card.study.accession
     obs["sample_id"] = sheet.index.astype(str)
     obs["value_type"] = m.value_type
     obs["library_size"] = np.asarray(data.counts.sum(axis=1)).ravel().astype(np.int64)
+    obs["match_group"] = match_groups(card, sheet)
     for name, column in card.free.items():
         obs[name] = sheet[column].astype(str).to_numpy()
     obs.index = [f"{card.study.id}:{s}" for s in sheet.index]
-    return StudyResult(card, path, data, obs, left_out)
+    return StudyResult(card, path, data, obs, left_out, filled, conflicts)
+
+
+def fill_sex_from_cell_lines(
+    obs: pd.DataFrame,
+) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
+    """Fill an unset ``sex`` from the cell-line table (in place).
+
+    Returns, per cell line, how many samples were filled, and where the sheet's
+    own sex contradicts the table (kept as the sheet says, and reported).
+    """
+    filled: dict[str, int] = {}
+    conflicts: dict[str, tuple[str, int]] = {}
+    lines = obs["cell_line_ontology_id"].to_numpy()
+    sexes = obs["sex"].to_numpy().copy()
+    for line in sorted(set(lines) - {""}):
+        known = cell_line_sex(line)
+        if known is None:
+            continue
+        rows = lines == line
+        unset = rows & (sexes == "")
+        if unset.any():
+            sexes[unset] = known
+            filled[line] = int(unset.sum())
+        other = rows & (sexes != "") & (sexes != known)
+        if other.any():
+            conflicts[line] = (str(sexes[other][0]), int(other.sum()))
+    obs["sex"] = sexes
+    return filled, conflicts
 
 
 def _assemble(results: list[StudyResult], genes: GeneSpace, modality: str) -> Any:
@@ -114,7 +158,8 @@ def _assemble(results: list[StudyResult], genes: GeneSpace, modality: str) -> An
     free = sorted({c for r in results for c in r.card.free})
     for c in free:
         obs[c] = obs[c].fillna("") if c in obs else ""
-    obs = obs[[*FIELDS, "accession", "sample_id", "value_type", "library_size", *free]]
+    columns = [*FIELDS, *CARD_FIELDS, "match_group"]
+    obs = obs[[*columns, "accession", "sample_id", "value_type", "library_size", *free]]
     for c in obs.columns:
         if c != "library_size":
             values = obs[c].astype(str)
@@ -213,6 +258,8 @@ def build_corpus(
 def _label(field_name: str, value: str) -> str:
     if FIELDS[field_name].kind is not FieldKind.ONTOLOGY:
         return value
+    if PERTURBATION_SEP in value:  # several perturbations of one sample
+        return PERTURBATION_SEP.join(term_label(v) for v in value.split(PERTURBATION_SEP))
     return term_label(value)
 
 
@@ -269,8 +316,135 @@ def render_report(results: list[StudyResult], manifest: CorpusManifest) -> str:
             for value in sorted(counts.index):
                 lines.append(f"| {value} | {_label(f, value)} | {counts[value]:,} |")
             lines.append("")
+    lines += _perturbation_section(results)
+    lines += _match_section(results)
+    lines += _sex_section(results)
     lines += ["## Unmapped genes (largest share of counts per study)", ""]
     for r in results:
         top = ", ".join(f"{g} ({f:.2%})" for g, f in r.data.top_unmapped[:5]) or "none"
         lines.append(f"- {r.card.study.id}: {top}")
     return "\n".join(lines) + "\n"
+
+
+def _context_of(row: pd.Series) -> str:
+    """A sample's context in words: its cell line, else cell type, else tissue (+ genotype)."""
+    for f in ("cell_line_ontology_id", "cell_type_ontology_id", "tissue_ontology_id"):
+        if row[f]:
+            text = term_label(row[f]) or row[f]
+            break
+    else:
+        text = "unknown context"
+    return f"{text} ({row['genotype']})" if row["genotype"] else text
+
+
+def _perturbation_section(results: list[StudyResult]) -> list[str]:
+    """Every distinct perturbation with its label, and the contexts it appears in."""
+    rows: dict[tuple[str, str, str], dict[str, set[str] | int]] = {}
+    combos: dict[str, int] = {}
+    for r in results:
+        obs = r.obs
+        perturbed = obs[(obs["perturbation_type"] != "") & (obs["perturbation_type"] != "control")]
+        for _, row in perturbed.iterrows():
+            ids = row["perturbation_ontology_id"].split(PERTURBATION_SEP)
+            types = row["perturbation_type"].split(PERTURBATION_SEP)
+            doses = row["perturbation_dose"].split(PERTURBATION_SEP)
+            ids = ids if len(ids) == len(types) else [""] * len(types)
+            doses = doses if len(doses) == len(types) else [""] * len(types)
+            if len(types) > 1:
+                combos[r.card.study.id] = combos.get(r.card.study.id, 0) + 1
+            for pid, ptype, dose in zip(ids, types, doses, strict=True):
+                key = (r.card.study.modality, pid, ptype)
+                entry = rows.setdefault(
+                    key, {"studies": set(), "contexts": set(), "doses": set(), "n": 0}
+                )
+                entry["studies"].add(r.card.study.id)  # type: ignore[union-attr]
+                entry["contexts"].add(_context_of(row))  # type: ignore[union-attr]
+                if dose:
+                    entry["doses"].add(dose)  # type: ignore[union-attr]
+                entry["n"] += 1  # type: ignore[operator]
+    lines = [
+        "## Perturbations",
+        "",
+        "Each perturbation of a sample counted once (a sample with two perturbations counts "
+        "for both); contexts are the cell lines, cell types or tissues it was applied to.",
+        "",
+        "| modality | perturbation | label | type | samples | doses | studies | contexts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (modality, pid, ptype), e in sorted(rows.items()):
+        label = term_label(pid) if pid else "(no id)"
+        lines.append(
+            f"| {modality} | {pid or '-'} | {label} | {ptype} | {e['n']:,} | "
+            f"{', '.join(sorted(e['doses'])) or '-'} | "  # type: ignore[arg-type]
+            f"{', '.join(sorted(e['studies']))} | "  # type: ignore[arg-type]
+            f"{'; '.join(sorted(e['contexts']))} |"  # type: ignore[arg-type]
+        )
+    lines.append("")
+    if combos:
+        lines += [
+            "Samples with several perturbations (fields joined by `|`): "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(combos.items())),
+            "",
+        ]
+    return lines
+
+
+def _match_section(results: list[StudyResult]) -> list[str]:
+    declared = [r for r in results if r.card.match]
+    if not declared:
+        return []
+    lines = [
+        "## Matched groups",
+        "",
+        "`match_group` = the card's declared pairing columns; samples of one study with the "
+        "same biological fields and the same match_group are each other's matched controls.",
+        "",
+        "| study | columns | groups | samples in a group |",
+        "|---|---|---|---|",
+    ]
+    for r in declared:
+        groups = r.obs["match_group"]
+        lines.append(
+            f"| {r.card.study.id} | {', '.join(r.card.match)} | "
+            f"{groups[groups != ''].nunique():,} | {int((groups != '').sum()):,} |"
+        )
+    return [*lines, ""]
+
+
+def _sex_section(results: list[StudyResult]) -> list[str]:
+    lines = [
+        "## Sex from the cell-line table",
+        "",
+        "`sex` values filled from `src/opengem/data/cell_lines.tsv` (Cellosaurus) because the "
+        "card names the cell line and its sheet gives no sex:",
+        "",
+        "| study | cell line | label | sex | samples filled |",
+        "|---|---|---|---|---|",
+    ]
+    from opengem.ontology.cell_lines import cell_lines
+
+    table = cell_lines()
+    for r in results:
+        for line, n in sorted(r.sex_from_table.items()):
+            lines.append(
+                f"| {r.card.study.id} | {line} | {term_label(line)} | {table[line].sex} | {n:,} |"
+            )
+    conflicts = [(r.card.study.id, c, v) for r in results for c, v in r.sex_conflicts.items()]
+    if conflicts:
+        lines += ["", "Sheet sex contradicting the table (the sheet's value is kept):", ""]
+        lines += [f"- {s}: {c} sheet {v[0]} ({v[1]:,} samples)" for s, c, v in conflicts]
+    missing = sorted(
+        {
+            c
+            for r in results
+            for c in set(r.obs["cell_line_ontology_id"]) - {""}
+            if cell_line_sex(c) is None
+        }
+    )
+    if missing:
+        lines += [
+            "",
+            f"Cell lines without a sex in the table ({len(missing)}; sex comes from the sheet "
+            "or stays unknown): " + ", ".join(missing),
+        ]
+    return [*lines, ""]

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from opengem.contract import FIELDS, QueryError, validate_metadata
+from opengem.contract import FIELDS, PERTURBATION_FIELDS, QueryError, validate_metadata
+from opengem.contract.errors import Problem
 from opengem.corpus.readers import (
     FORMATS,
     archs4_annotations,
@@ -36,15 +37,26 @@ from opengem.tomlfiles import read_toml_model
 Scalar = str | int | float
 Match = str | list[str]
 
+#: Card-only fields: set like metadata fields (defaults, columns, rules) and kept as
+#: obs columns, but not query fields. ``perturbation_method`` says how a gene-targeting
+#: perturbation was made ("CRISPRa", "CRISPR knockout", "shRNA", "siRNA"…; "" unknown).
+CARD_FIELDS = ("perturbation_method",)
+#: Separator of several perturbations of one sample in the four perturbation fields.
+PERTURBATION_SEP = "|"
 #: obs columns the corpus writes itself; free columns may not reuse them.
-RESERVED_COLUMNS = frozenset(FIELDS) | {
-    "study",
-    "sample_id",
-    "value_type",
-    "modality",
-    "library_size",
-    "accession",
-}
+RESERVED_COLUMNS = (
+    frozenset(FIELDS)
+    | frozenset(CARD_FIELDS)
+    | {
+        "study",
+        "sample_id",
+        "value_type",
+        "modality",
+        "library_size",
+        "accession",
+        "match_group",
+    }
+)
 _ID_RE = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -121,8 +133,8 @@ class Rule(_Section):
 
 def _check_fields(names: Any, where: str) -> None:
     for name in names:
-        if name not in FIELDS:
-            close = difflib.get_close_matches(name, list(FIELDS), n=1)
+        if name not in FIELDS and name not in CARD_FIELDS:
+            close = difflib.get_close_matches(name, [*FIELDS, *CARD_FIELDS], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{where}: {name!r} is not a metadata field{hint}")
 
@@ -135,6 +147,8 @@ class StudyCard(_Section):
     columns: dict[str, ColumnMap] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
     free: dict[str, str] = Field(default_factory=dict)
+    #: pairing / context columns (name = sheet column, in order): obs ``match_group``
+    match: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _fields(self) -> StudyCard:
@@ -148,6 +162,9 @@ class StudyCard(_Section):
         clash = sorted(set(self.free) & RESERVED_COLUMNS)
         if clash:
             raise ValueError(f"free: {clash} are reserved obs columns; rename them")
+        bad = [n for n in self.match if not re.match(r"^[A-Za-z0-9_.-]+$", n)]
+        if bad:
+            raise ValueError(f"match: names {bad} may hold only letters, digits, '_', '.', '-'")
         return self
 
 
@@ -190,6 +207,9 @@ def _sheet(card: StudyCard, root: Path, study: str) -> pd.DataFrame | None:
     if not path.is_file():
         raise CorpusError(f"{study}: sample sheet {path} does not exist")
     sheet = pd.read_csv(path, sep=spec.sep or default_sep(path), dtype=str, keep_default_na=False)
+    if not isinstance(sheet.index, pd.RangeIndex):
+        # the header is one field short (R's write.csv): the row names become column 0
+        sheet = sheet.rename_axis("row_name").reset_index()
     column = spec.id_column
     if isinstance(column, int):
         if column >= sheet.shape[1]:
@@ -312,8 +332,66 @@ def wanted_all(card: StudyCard, root: Path, study: str) -> list[str] | None:
 
 
 # -------------------------------------------------------------------------- metadata
+def split_perturbations(record: dict[str, str]) -> list[dict[str, str]]:
+    """The perturbations of one record: one dict of perturbation fields per perturbation.
+
+    Several perturbations of one sample are written in the four perturbation fields
+    joined by ``"|"`` in aligned order; a field unset for all of them may stay unset.
+    Raises ``ValueError`` when the joined fields do not align.
+    """
+    parts = {f: str(record.get(f, "")).split(PERTURBATION_SEP) for f in PERTURBATION_FIELDS}
+    n = max(len(v) for v in parts.values())
+    if len(parts["perturbation_type"]) > 1:  # the types say how many perturbations there are
+        n = len(parts["perturbation_type"])
+    if n == 1:
+        return [{f: v[0] for f, v in parts.items() if v[0] != ""}]
+    for f, v in parts.items():
+        if len(v) == 1 and v[0] == "":
+            parts[f] = [""] * n
+        elif len(v) != n:
+            raise ValueError(
+                f"{f} {record.get(f)!r} has {len(v)} '|'-separated values for {n} "
+                "perturbations; write one value per perturbation, in the same order"
+            )
+    if any(t == "" for t in parts["perturbation_type"]):
+        raise ValueError(
+            f"perturbation_type {record.get('perturbation_type', '')!r}: each of the {n} "
+            "perturbations needs its own perturbation_type"
+        )
+    if "control" in parts["perturbation_type"]:
+        raise ValueError(
+            f"perturbation_type {record['perturbation_type']!r}: 'control' cannot be combined "
+            "with other perturbations"
+        )
+    return [{f: v[i] for f, v in parts.items() if v[i] != ""} for i in range(n)]
+
+
+def _validate_record(record: dict[str, str], where: str) -> dict[str, str]:
+    """Canonical record; several perturbations are checked one by one and re-joined."""
+    try:
+        perturbations = split_perturbations(record)
+    except ValueError as exc:
+        raise QueryError([Problem(where, None, str(exc))], subject="metadata") from None
+    base = {k: v for k, v in record.items() if k not in PERTURBATION_FIELDS}
+    if len(perturbations) == 1:
+        return validate_metadata({**base, **perturbations[0]}, location=where)
+    out = validate_metadata(base, location=where)
+    checked = [
+        validate_metadata(p, location=f"{where}: perturbation {i + 1} of {len(perturbations)}")
+        for i, p in enumerate(perturbations)
+    ]
+    for f in PERTURBATION_FIELDS:
+        values = [c.get(f, "") for c in checked]
+        if any(values):
+            out[f] = PERTURBATION_SEP.join(values)
+    return out
+
+
 def sample_metadata(card: StudyCard, sheet: pd.DataFrame, location: str) -> list[dict[str, str]]:
-    """The harmonised, validated metadata of every sheet row, in sheet order."""
+    """The harmonised, validated metadata of every sheet row, in sheet order.
+
+    Each record also carries the card fields (:data:`CARD_FIELDS`) that are set.
+    """
     study = card.study.id
     for f, spec in card.columns.items():
         if spec.column not in sheet.columns:
@@ -321,12 +399,13 @@ def sample_metadata(card: StudyCard, sheet: pd.DataFrame, location: str) -> list
                 f"{study}: columns.{f} reads column {spec.column!r}, which the "
                 f"sample sheet does not have; columns: {list(sheet.columns)}"
             )
-    for name, column in card.free.items():
-        if column not in sheet.columns:
-            raise CorpusError(
-                f"{study}: free.{name} reads column {column!r}, which the sample "
-                "sheet does not have"
-            )
+    for kind, table in (("free", card.free), ("match", card.match)):
+        for name, column in table.items():
+            if column not in sheet.columns:
+                raise CorpusError(
+                    f"{study}: {kind}.{name} reads column {column!r}, which the sample "
+                    f"sheet does not have; columns: {list(sheet.columns)}"
+                )
     records: list[dict[str, str]] = []
     checked: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for sample_id, row in sheet.iterrows():
@@ -344,13 +423,27 @@ def sample_metadata(card: StudyCard, sheet: pd.DataFrame, location: str) -> list
         for rule in card.rules:
             if _matches(row, rule.when, rule.when_matches, study):
                 record.update({k: str(v) for k, v in rule.set.items()})
+        extra = {k: record.pop(k) for k in CARD_FIELDS if record.get(k, "") != ""}
         key = tuple(sorted((k, v) for k, v in record.items() if v != ""))
         if key not in checked:
             try:
-                checked[key] = validate_metadata(
-                    dict(key), location=f"{location}: sample {sample_id}"
-                )
+                checked[key] = _validate_record(dict(key), f"{location}: sample {sample_id}")
             except QueryError as exc:
                 raise CorpusError(f"{study}: {exc}") from None
-        records.append(checked[key])
+        records.append({**checked[key], **extra})
     return records
+
+
+def match_groups(card: StudyCard, sheet: pd.DataFrame) -> list[str]:
+    """Per sheet row, the declared pairing columns as ``"name=value;name=value"``.
+
+    ``""`` when the card declares none, or when a declared column is empty for the row.
+    """
+    if not card.match:
+        return [""] * len(sheet)
+    out = []
+    for _, row in sheet.iterrows():
+        values = [(name, str(row[column]).strip()) for name, column in card.match.items()]
+        joined = ";".join(f"{n}={v}" for n, v in values)
+        out.append("" if any(v == "" for _, v in values) else joined)
+    return out

@@ -1,12 +1,13 @@
 """Model bundles: a directory with ``weights.safetensors`` and ``bundle.json``.
 
-``bundle.json`` carries what is needed to use the weights safely: format
-version, gene order, vocabularies with labels, model and training config,
-training provenance (studies, sample counts, corpus checksum), validation
-metrics, and the sample ids whose posterior latent means are stored in the
-weights file (``latents.<group>``) for condition-on-sample-ids. Loading checks
-the format version and the gene order. Large matrices are stored as float16
-(the bundle budget is 25 MB) and computed in float32.
+``bundle.json`` carries what is needed to use the arrays safely: format
+version, gene order, vocabularies with labels, the model's structure (feature
+columns, contexts, perturbation units, classifier classes) and config, training
+provenance (studies, sample counts, corpus checksum), validation metrics, and
+the sample ids stored for condition-on-sample-ids. Loading checks the format
+version and the gene order. Large float arrays are stored as float16 (the
+bundle budget is 25 MB), the perturbation effects and context means as int8
+with a per-row scale, and everything is computed in float64.
 """
 
 from __future__ import annotations
@@ -14,19 +15,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from opengem.model import GROUPS, GEMModule, ModelConfig, Vocabulary
+from opengem.model import GEMModel, Vocabulary
 from opengem.ontology.genes import GeneSpace, default_gene_space
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS, MANIFEST = "weights.safetensors", "bundle.json"
-_FP16_MIN_SIZE = 4096  # tensors with more elements are stored as float16
+_FP16_MIN_SIZE = 4096  # float arrays with more elements are stored as float16
+#: row-quantised to int8 (values within a row share one scale)
+_INT8 = ("unit_effect", "context_mean")
 
 
 class BundleError(ValueError):
@@ -37,41 +39,70 @@ class BundleError(ValueError):
 class Bundle:
     """A trained model with everything needed to serve it."""
 
-    module: GEMModule
-    vocab: Vocabulary
+    model: GEMModel
     modality: str
     gene_ids: list[str]
     info: dict[str, Any] = field(default_factory=dict)
     latent_sample_ids: list[str] = field(default_factory=list)
-    latents: dict[str, np.ndarray] = field(default_factory=dict)  # group -> (n, dim)
+    latent_library_sizes: list[float] = field(default_factory=list)
     path: Path | None = None
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return self.model.vocab
 
     @property
     def model_version(self) -> str:
         return str(self.info.get("model_version", f"opengem-{self.modality}"))
 
 
+def _encode_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        value = np.ascontiguousarray(value)
+        if name in _INT8 and value.size:
+            scale = np.abs(value).max(axis=1) / 127.0
+            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            out[f"{name}.q"] = np.rint(value / scale[:, None]).astype(np.int8)
+            out[f"{name}.scale"] = scale
+        elif value.dtype.kind == "f":
+            dtype = np.float16 if value.size >= _FP16_MIN_SIZE else np.float32
+            out[name] = value.astype(dtype)
+        else:
+            out[name] = value
+    return out
+
+
+def _decode_arrays(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, value in stored.items():
+        if name.endswith(".q"):
+            base = name[:-2]
+            out[base] = value.astype(np.float32) * stored[f"{base}.scale"][:, None]
+        elif name.endswith(".scale") and f"{name[:-6]}.q" in stored:
+            continue
+        else:
+            out[name] = value
+    for name in _INT8:  # empty arrays are stored plain
+        out.setdefault(name, stored.get(name, np.zeros((0, 0), np.float32)))
+    return out
+
+
 def save_bundle(bundle: Bundle, directory: Path) -> Path:
     """Write a bundle atomically (a temporary directory renamed into place)."""
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    tensors: dict[str, torch.Tensor] = {}
-    for name, value in bundle.module.state_dict().items():
-        value = value.detach().cpu().contiguous()
-        if value.is_floating_point() and value.numel() >= _FP16_MIN_SIZE:
-            value = value.to(torch.float16)
-        tensors[f"module.{name}"] = value
-    for group, matrix in bundle.latents.items():
-        tensors[f"latents.{group}"] = torch.as_tensor(matrix, dtype=torch.float16).contiguous()
-    save_file(tensors, str(tmp / WEIGHTS))
+    arrays = _encode_arrays(bundle.model.arrays())
+    arrays["latent_library_sizes"] = np.asarray(bundle.latent_library_sizes, dtype=np.float64)
+    save_file(arrays, str(tmp / WEIGHTS))
     manifest = {
         "format_version": FORMAT_VERSION,
         "modality": bundle.modality,
         "gene_order": bundle.gene_ids,
-        "model_config": asdict(bundle.module.config),
+        "model": bundle.model.structure(),
         "vocabulary": bundle.vocab.to_json(),
         "latent_sample_ids": bundle.latent_sample_ids,
         **bundle.info,
@@ -104,7 +135,7 @@ def load_bundle(directory: Path | str, gene_space: GeneSpace | None = None) -> B
         Missing files, another format version, or a gene order that differs from
         opengem's gene space.
     """
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
     directory = Path(directory)
     manifest_path, weights_path = directory / MANIFEST, directory / WEIGHTS
@@ -124,37 +155,23 @@ def load_bundle(directory: Path | str, gene_space: GeneSpace | None = None) -> B
             f"({genes.release}, {len(genes)} genes); retrain the bundle"
         )
     vocab = Vocabulary.from_json(manifest["vocabulary"])
-    config = ModelConfig(**manifest["model_config"])
-    module = GEMModule(config, vocab)
-    tensors = load_file(str(weights_path))
-    state = {
-        k.removeprefix("module."): v.to(torch.float32) if v.is_floating_point() else v
-        for k, v in tensors.items()
-        if k.startswith("module.")
-    }
-    module.load_state_dict(state)
-    module.eval()
-    latents = {
-        g.value: tensors[f"latents.{g.value}"].to(torch.float32).numpy()
-        for g in GROUPS
-        if f"latents.{g.value}" in tensors
-    }
+    arrays = _decode_arrays(load_file(str(weights_path)))
+    model = GEMModel.from_parts(manifest["model"], arrays, vocab)
     reserved = {
         "format_version",
         "modality",
         "gene_order",
-        "model_config",
+        "model",
         "vocabulary",
         "latent_sample_ids",
     }
     info = {k: v for k, v in manifest.items() if k not in reserved}
     return Bundle(
-        module,
-        vocab,
+        model,
         manifest["modality"],
         list(manifest["gene_order"]),
         info,
         list(manifest.get("latent_sample_ids", [])),
-        latents,
+        arrays.get("latent_library_sizes", np.zeros(0)).astype(np.float64).tolist(),
         directory,
     )

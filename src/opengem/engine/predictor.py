@@ -1,15 +1,27 @@
 """Every task of a model id on one bundle (gem1-notes.md, "Inference semantics").
 
-- baseline: z from p(z | metadata) (sampled, or its mean with ``deterministic_latents``);
-  "mean estimation" returns expected counts, "sample generation" negative-binomial
-  draws; library size ``total_count``;
-- reference conditioning: the groups in ``conditioning`` take q(z | reference), the
-  others p(z | perturbation metadata) (no perturbation given = control); library size
-  = the reference's unless ``fixed_total_count``;
-- condition-on-sample-ids: stored posterior means of training samples (pooled over the
-  input's ids) stand in for q(z | reference);
-- metadata prediction: q(z | counts) -> classifier probabilities, predicted labels, the
-  latents and a decoder sample.
+In the model's log-expression space (see :mod:`opengem.model.gem`):
+
+- baseline: the prior mean of the metadata's condition, plus the perturbation's
+  effect when the metadata has one; latents z_bio, z_tech ~ N(0, I) (the technical
+  draw shared by an input's samples, as replicates of one generated study), or 0
+  with ``deterministic_latents``; "mean estimation" returns expected counts,
+  "sample generation" adds the residual noise and draws Poisson counts; library
+  size ``total_count``;
+- reference conditioning: the reference (shrunk toward its most similar training
+  contexts by a few thousand pseudo-counts, which matters only for shallow
+  single-cell references) plus the perturbation's effect in that context (no
+  perturbation given = control); groups left out of ``conditioning`` are redrawn
+  from the prior; library size = the reference's unless ``fixed_total_count``;
+- condition-on-sample-ids: a stored training sample (its condition's prior mean and
+  its latents) stands in for the reference;
+- metadata prediction: calibrated class probabilities from the metadata heads, the
+  latents of the sample and a decoder sample (Poisson draws around the denoised
+  sample).
+
+Every output's metadata says whether its perturbation was seen in training
+(``perturbation_seen``: ``"true"``, ``"false"`` = extrapolated from its type, or
+``""`` without a perturbation).
 
 All randomness comes from one numpy generator seeded by the query's ``seed``, so a
 seed gives byte-identical results in any process; no seed, fresh randomness.
@@ -17,17 +29,14 @@ seed gives byte-identical results in any process; no seed, fresh randomness.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from opengem.contract import (
     FIELDS,
     BaselineQuery,
-    LatentGroup,
     PredictMetadataQuery,
     Problem,
     Query,
@@ -37,8 +46,9 @@ from opengem.contract import (
 )
 from opengem.engine.bundle import Bundle
 from opengem.engine.results import ExpressionResult, MetadataResult
-from opengem.model import GROUPS
-from opengem.ontology.describe import term_ancestors, term_label
+from opengem.model import GEMModel, perturbations_of
+from opengem.model.perturbations import SEP
+from opengem.ontology.describe import term_label
 from opengem.ontology.genes import GeneSpace, default_gene_space
 
 CHUNK = 512
@@ -85,9 +95,13 @@ def output_metadata(
     """
     out = {f: record.get(f, "") for f in FIELDS}
     for f, label_key in LABELLED.items():
-        value = out[f]
-        known = (labels or {}).get(f, {}).get(value) if value else None
-        out[label_key] = known if known else (term_label(value) if value else "")
+        parts = [p for p in out[f].split(SEP)] if out[f] else []
+        names = []
+        for value in parts:
+            known = (labels or {}).get(f, {}).get(value) if value else None
+            names.append(known if known else (term_label(value) if value else ""))
+        out[label_key] = SEP.join(names)
+    out["perturbation_seen"] = record.get("perturbation_seen", "")
     out["modality"] = MODALITY_WORD.get(modality, modality)
     return out
 
@@ -97,10 +111,7 @@ class Predictor:
 
     def __init__(self, bundle: Bundle, gene_space: GeneSpace | None = None) -> None:
         self.bundle = bundle
-        # float64 inference: float32 sums depend on torch's thread count (a few counts in
-        # 200,000 changed between 1 and 2 threads); in float64 a seed gives the same bytes
-        # in any process
-        self.module = copy.deepcopy(bundle.module).double().eval()
+        self.model: GEMModel = bundle.model
         self.vocab = bundle.vocab
         self.genes = gene_space or default_gene_space()
         self.sample_index = {s: i for i, s in enumerate(bundle.latent_sample_ids)}
@@ -124,57 +135,43 @@ class Predictor:
     def known_sample_ids(self) -> set[str]:
         return set(self.sample_index) | set(self.short_index)
 
-    def _encode(self, records: Sequence[Mapping[str, str]]) -> dict[str, torch.Tensor]:
-        meta = self.vocab.encode(records, self.genes.index_of, term_ancestors)
-        return {k: v.double() if v.is_floating_point() else v for k, v in meta.items()}
+    def _effect(
+        self, record: dict[str, str], y: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, str]:
+        """The perturbation effect of a record for a sample ``y``; and the seen flag."""
+        perts = perturbations_of(record)
+        if not perts:
+            return np.zeros(self.model.n_genes), ""
+        sim = self.model.context_similarity(y[None, :], mask[None, :])[0]
+        effect, seen = self.model.effect(perts, sim, self.genes.index_of)
+        return effect, "true" if seen else "false"
 
-    @torch.no_grad()
-    def _prior(
-        self, records: Sequence[Mapping[str, str]]
-    ) -> dict[LatentGroup, tuple[np.ndarray, np.ndarray]]:
-        p = self.module.prior(self._encode(records))
-        return {g: (p[g][0].numpy(), p[g][1].numpy()) for g in GROUPS}
+    def _latent_noise(
+        self, n: int, deterministic: bool, rng: np.random.Generator, shared: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        kb, kt = self.model.w_bio.shape[0], self.model.w_tech.shape[0]
+        if deterministic:
+            return np.zeros((n, kb)), np.zeros((n, kt))
+        zb = rng.standard_normal((n, kb))
+        zt = rng.standard_normal((1, kt)) if shared else rng.standard_normal((n, kt))
+        return zb, np.repeat(zt, n, axis=0) if shared else zt
 
-    @torch.no_grad()
-    def _posterior(self, counts: np.ndarray) -> dict[LatentGroup, tuple[np.ndarray, np.ndarray]]:
-        q = self.module.inference(torch.as_tensor(counts, dtype=torch.float64))
-        return {g: (q[g][0].numpy(), q[g][1].numpy()) for g in GROUPS}
-
-    @torch.no_grad()
-    def _decode(
-        self,
-        z: dict[LatentGroup, np.ndarray],
-        records: Sequence[Mapping[str, str]],
-        library: np.ndarray,
-        strategy: str,
-        rng: np.random.Generator,
+    def _counts(
+        self, y: np.ndarray, library: np.ndarray, strategy: str, rng: np.random.Generator
     ) -> np.ndarray:
-        """Counts for each row of z (chunked); ``records`` give the on-target inputs."""
-        n = library.shape[0]
-        out = np.empty((n, len(self.genes)), dtype=np.int64)
-        targets = self.vocab.targets(records, self.genes.index_of)
-        theta = torch.exp(self.module.log_theta).numpy().astype(np.float64)
-        for start in range(0, n, CHUNK):
-            stop = min(n, start + CHUNK)
-            zt = {g: torch.as_tensor(z[g][start:stop], dtype=torch.float64) for g in GROUPS}
-            chunk_meta = {k: v[start:stop] for k, v in targets.items()}
-            lib = torch.ones(stop - start, 1, dtype=torch.float64)
-            scale = self.module.generative(zt, lib, chunk_meta)["scale"].numpy()
-            mu = scale * library[start:stop, None]
+        out = np.empty(y.shape, dtype=np.int64)
+        for start in range(0, len(y), CHUNK):
+            stop = min(len(y), start + CHUNK)
+            mu = self.model.expected_counts(y[start:stop], library[start:stop])
             if strategy == "sample generation":
-                rate = rng.gamma(shape=theta, scale=mu / theta)
-                out[start:stop] = rng.poisson(rate)
+                out[start:stop] = rng.poisson(mu)
             else:
                 out[start:stop] = round_preserving_total(mu)
         return out
 
-    @staticmethod
-    def _draw(
-        mean: np.ndarray, std: np.ndarray, deterministic: bool, rng: np.random.Generator
-    ) -> np.ndarray:
-        if deterministic:
-            return mean.astype(np.float32)
-        return (mean + std * rng.standard_normal(mean.shape)).astype(np.float32)
+    def _pert_latent(self, effects: np.ndarray) -> np.ndarray:
+        basis = self.model.w_pert
+        return (effects @ basis.T).astype(np.float32) if basis.size else np.zeros((len(effects), 0))
 
     # -------------------------------------------------------------------- tasks
     def predict(self, query: Query) -> ExpressionResult | MetadataResult:
@@ -195,29 +192,46 @@ class Predictor:
         raise TypeError(f"unsupported query type {type(query).__name__}")
 
     def _baseline(self, query: BaselineQuery, rng: np.random.Generator) -> ExpressionResult:
+        m = self.model
         records = [dict(i.metadata) for i in query.inputs]
-        repeats = np.array([i.num_samples for i in query.inputs])
-        prior = self._prior(records)
-        z = {
-            g: self._draw(
-                np.repeat(prior[g][0], repeats, axis=0),
-                np.repeat(prior[g][1], repeats, axis=0),
-                query.deterministic_latents,
-                rng,
-            )
-            for g in GROUPS
-        }
-        rows = [records[i] for i in np.repeat(np.arange(len(records)), repeats)]
+        base = m.prior_mean(records)
+        full = np.ones(m.n_genes, dtype=bool)
+        parts_y, parts_b, parts_t, parts_p, rows = [], [], [], [], []
+        sampling = query.sampling_strategy == "sample generation"
+        for k, (item, record) in enumerate(zip(query.inputs, records, strict=True)):
+            n = item.num_samples
+            effect, seen = self._effect(record, base[k], full)
+            record["perturbation_seen"] = seen
+            zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
+            y = base[k][None, :] + effect[None, :] + zb @ m.w_bio + zt @ m.w_tech
+            if sampling and not query.deterministic_latents:
+                y = y + rng.standard_normal(y.shape) * m.noise_sd[None, :]
+            parts_y.append(y)
+            parts_b.append(zb)
+            parts_t.append(zt)
+            parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
+            rows += [record] * n
+        y_all = np.concatenate(parts_y)
         library = np.full(len(rows), float(query.total_count))
-        counts = self._decode(z, rows, library, query.sampling_strategy, rng)
+        counts = self._counts(y_all, library, query.sampling_strategy, rng)
         return ExpressionResult(
             counts,
             self._metadata(rows),
-            {g.value: z[g] for g in GROUPS},
+            self._latents(parts_b, parts_t, parts_p),
             list(self.genes.gene_ids),
             self.bundle.model_version,
             "baseline",
         )
+
+    @staticmethod
+    def _latents(
+        bio: list[np.ndarray], tech: list[np.ndarray], pert: list[np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        return {
+            "biological": np.concatenate(bio).astype(np.float32),
+            "technical": np.concatenate(tech).astype(np.float32),
+            "perturbation": np.concatenate(pert).astype(np.float32),
+        }
 
     def _stored(self, sample_ids: Sequence[str], n: int) -> dict[str, Any]:
         rows = []
@@ -234,13 +248,31 @@ class Predictor:
                     ]
                 )
             rows.append(i)
-        stored = self.bundle.latents
-        library = self.bundle.info.get("latent_library_sizes")
+        m = self.model
+        records = [m.sample_records[m.sample_record_index[i]] for i in rows]
+        y = (
+            m.prior_mean(records)
+            + m.sample_z_bio[rows].astype(np.float64) @ m.w_bio
+            + m.sample_z_tech[rows].astype(np.float64) @ m.w_tech
+        )
+        library = self.bundle.latent_library_sizes
         lib = float(np.mean([library[i] for i in rows])) if library else None
-        return {
-            "z": {g: stored[g.value][rows].mean(axis=0, keepdims=True) for g in GROUPS},
-            "library": lib,
-        }
+        return {"y": y.mean(axis=0), "library": lib}
+
+    def _basal(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Log-expression of a reference, shrunk toward its similar contexts; mask; sims."""
+        m = self.model
+        mask = m.measured(counts[None, :])[0]
+        y = m.log_expression(counts[None, :], mask[None, :])[0]
+        sim = m.context_similarity(y[None, :], mask[None, :])[0]
+        prior = np.expm1(np.clip(m.context_prior(sim), 0, 30))
+        prior = prior / max(prior.sum(), 1e-12)
+        lib = float(counts.sum())
+        a = float(m.config.reference_prior_counts)
+        share = float(np.clip((mask * m.ref_fraction).sum(), 1e-6, 1.0))
+        observed = np.where(mask, counts / max(lib, 1.0) * share, prior)
+        post = (lib * observed + a * prior) / (lib + a)
+        return np.log1p(post * 1e6), mask, sim
 
     def _conditioned(
         self,
@@ -248,77 +280,84 @@ class Predictor:
         refs: list[tuple[np.ndarray | None, dict[str, Any] | None]],
         rng: np.random.Generator,
     ) -> ExpressionResult:
-        records = []
-        for item in query.inputs:
+        m = self.model
+        conditioned = set(query.conditioning)
+        parts_y, parts_b, parts_t, parts_p, rows, libraries = [], [], [], [], [], []
+        full = np.ones(m.n_genes, dtype=bool)
+        for item, (counts, stored) in zip(query.inputs, refs, strict=True):
             record = dict(item.metadata)
             record.setdefault("perturbation_type", "control")
-            records.append(record)
-        prior = self._prior(records)
-        conditioned = set(query.conditioning)
-        z_parts: dict[LatentGroup, list[np.ndarray]] = {g: [] for g in GROUPS}
-        libraries: list[np.ndarray] = []
-        for k, (item, (counts, stored)) in enumerate(zip(query.inputs, refs, strict=True)):
             n = item.num_samples
             if counts is not None:
-                post = self._posterior(counts[None, :])
+                y0, mask, _ = self._basal(counts)
                 ref_library = float(counts.sum())
             else:
                 assert stored is not None
-                post = {g: (stored["z"][g], np.zeros_like(stored["z"][g])) for g in GROUPS}
+                y0, mask = stored["y"], full
                 ref_library = stored["library"] or float(query.total_count)
-            for g in GROUPS:
-                mean, std = (
-                    post[g]
-                    if g in conditioned
-                    else (prior[g][0][k : k + 1], prior[g][1][k : k + 1])
-                )
-                z_parts[g].append(
-                    self._draw(
-                        np.repeat(mean, n, axis=0),
-                        np.repeat(std, n, axis=0),
-                        query.deterministic_latents,
-                        rng,
-                    )
-                )
+            resid = (y0 - m.gene_mean)[None, :]
+            zt0 = m.project(resid, m.w_tech)
+            zb0 = m.project(resid - zt0 @ m.w_tech, m.w_bio)
+            zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
+            y = np.repeat(y0[None, :], n, axis=0)
+            if "technical" not in conditioned:  # redraw the batch: replace its projection
+                y = y - zt0 @ m.w_tech + zt @ m.w_tech
+            else:
+                zt = np.repeat(zt0, n, axis=0)
+            if "biological" not in conditioned:
+                y = y - zb0 @ m.w_bio + zb @ m.w_bio
+            else:
+                zb = np.repeat(zb0, n, axis=0)
+            effect, seen = self._effect(record, y0, mask)
+            record["perturbation_seen"] = seen
+            parts_y.append(y + effect[None, :])
+            parts_b.append(zb)
+            parts_t.append(zt)
+            parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
+            rows += [record] * n
             total = float(query.total_count) if query.fixed_total_count else ref_library
             libraries.append(np.full(n, total))
-        z = {g: np.concatenate(z_parts[g]) for g in GROUPS}
-        repeats = [i.num_samples for i in query.inputs]
-        rows = [records[i] for i in np.repeat(np.arange(len(records)), repeats)]
-        counts_out = self._decode(z, rows, np.concatenate(libraries), query.sampling_strategy, rng)
+        counts_out = self._counts(
+            np.concatenate(parts_y), np.concatenate(libraries), query.sampling_strategy, rng
+        )
         return ExpressionResult(
             counts_out,
             self._metadata(rows),
-            {g.value: z[g] for g in GROUPS},
+            self._latents(parts_b, parts_t, parts_p),
             list(self.genes.gene_ids),
             self.bundle.model_version,
             "reference_conditioned",
         )
 
-    @torch.no_grad()
     def _predict_metadata(
         self, query: PredictMetadataQuery, rng: np.random.Generator
     ) -> MetadataResult:
+        m = self.model
         counts = np.stack([np.asarray(i.counts, dtype=np.float64) for i in query.inputs])
-        post = self._posterior(counts)
-        means = {g: post[g][0] for g in GROUPS}
-        logits = self.module.classify({g: torch.as_tensor(means[g]) for g in GROUPS})
+        mask = m.measured(counts)
+        y = m.log_expression(counts, mask)
+        probs_by_field = m.classify(y, mask)
         probs: list[dict[str, dict[str, float]]] = [{} for _ in range(len(counts))]
         predicted: list[dict[str, str]] = [{} for _ in range(len(counts))]
-        for field, values in logits.items():
-            p = torch.softmax(values.double(), dim=-1).numpy()
-            classes = self.vocab.fields[field].classes
+        for name, p in probs_by_field.items():
+            classes = m.classifiers[name].classes
             best = p.argmax(axis=1)
             for i in range(len(counts)):
-                probs[i][field] = dict(zip(classes, p[i].tolist(), strict=True))
-                predicted[i][field] = classes[int(best[i])]
-        # the reconstruction: decode the posterior means at each input's own library size
-        records = [dict(r) for r in predicted]
-        decoded = self._decode(means, records, counts.sum(axis=1), "sample generation", rng)
+                probs[i][name] = dict(zip(classes, p[i].tolist(), strict=True))
+                predicted[i][name] = classes[int(best[i])]
+        basal = np.stack([self._basal(c)[0] for c in counts])
+        resid = basal - m.gene_mean[None, :]
+        zt = m.project(resid, m.w_tech)
+        zb = m.project(resid - zt @ m.w_tech, m.w_bio)
+        decoded = self._counts(basal, counts.sum(axis=1), "sample generation", rng)
         return MetadataResult(
             self._metadata(predicted),
             probs,
-            {g.value: means[g].astype(np.float32) for g in GROUPS},
+            {
+                "biological": zb.astype(np.float32),
+                "technical": zt.astype(np.float32),
+                "perturbation": np.zeros((len(counts), m.w_pert.shape[0]), np.float32),
+            },
             decoded,
             list(self.genes.gene_ids),
             self.bundle.model_version,

@@ -6,7 +6,14 @@ a study measured):
 - :func:`no_change`: the reference itself;
 - :func:`additive_shift`: the reference plus the mean logFC of the perturbation
   across the training contexts;
-- :func:`train_mean`: the mean of the training samples with that perturbation.
+- :func:`train_mean`: the mean of the training samples with that perturbation;
+- :func:`on_target_only`: the reference with only the targeted genes moved (gene
+  targets: the type's mean on-target change);
+- :func:`sum_of_effects`: the reference plus the sum of single effects (combinations).
+
+Every predicted profile is renormalised (:func:`renormalise`) the way a model's
+counts are when they are turned into log-CPM, so a model that returns a baseline's
+profile scores exactly as that baseline.
 
 Generation baselines:
 
@@ -23,6 +30,7 @@ Metadata prediction baseline:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +49,9 @@ __all__ = [
     "condition_mean_samples",
     "estimate_dispersion",
     "no_change",
+    "on_target_only",
+    "renormalise",
+    "sum_of_effects",
     "train_mean",
 ]
 
@@ -86,10 +97,42 @@ def additive_shift(reference: ArrayLike, training_lfcs: Sequence[ArrayLike]) -> 
     if len(training_lfcs) == 0:
         return ref.copy()
     stacked = np.vstack([np.asarray(x, dtype=np.float64) for x in training_lfcs])
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # genes no context measured: NaN, then no shift
+        warnings.simplefilter("ignore", RuntimeWarning)
         shift = np.nanmean(np.where(np.isfinite(stacked), stacked, np.nan), axis=0)
     shift = np.where(np.isfinite(shift), shift, 0.0)
     return ref + shift
+
+
+def renormalise(lcpm: ArrayLike) -> FloatArray:
+    """A predicted log-CPM profile as a composition: clipped at 0, CPM re-summed to 1e6.
+
+    ``log_cpm(expm1(max(x, 0)))``: what the profile becomes when it is written as
+    counts and read back, as every model output is.
+    """
+    x = np.clip(np.asarray(lcpm, dtype=np.float64), 0.0, None)
+    return log_cpm(np.expm1(x))
+
+
+def sum_of_effects(reference: ArrayLike, effects: Sequence[ArrayLike]) -> FloatArray:
+    """Reference plus the sum of several effects (the "sum of singles" of a combination).
+
+    NaN entries of an effect (genes its context did not measure) count as 0.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    total = np.zeros(ref.shape[-1])
+    for e in effects:
+        e = np.asarray(e, dtype=np.float64)
+        total += np.where(np.isfinite(e), e, 0.0)
+    return ref + total
+
+
+def on_target_only(reference: ArrayLike, targets: Sequence[int], change: float) -> FloatArray:
+    """Reference with only the targeted genes moved by ``change`` (log-CPM)."""
+    out = np.array(reference, dtype=np.float64, copy=True)
+    for t in targets:
+        out[..., int(t)] += change
+    return out
 
 
 def train_mean(training_perturbed: ArrayLike, measured: ArrayLike | None = None) -> FloatArray:

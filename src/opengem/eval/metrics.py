@@ -31,6 +31,7 @@ from scipy import optimize, spatial, stats
 __all__ = [
     "accuracy",
     "balanced_accuracy",
+    "between_condition_correlation",
     "classifier_auc",
     "direction_accuracy",
     "energy_distance",
@@ -38,11 +39,13 @@ __all__ = [
     "genewise_pearson_weighted",
     "log_cpm",
     "macro_f1",
+    "magnitude_ratio",
     "on_target_error",
     "pearson",
     "pearson_delta",
     "r2_of_means",
     "replicate_ceiling",
+    "replicate_spread",
     "roc_auc",
     "samplewise_pearson",
     "sd_correlation",
@@ -334,6 +337,32 @@ def r2_of_means(pred_mean: ArrayLike, true_mean: ArrayLike, genes: GeneSelection
     return r * r
 
 
+def magnitude_ratio(pred_lfc: ArrayLike, true_lfc: ArrayLike, genes: GeneSelection = None) -> float:
+    """Size of the predicted effect relative to the true one: ``||pred|| / ||true||`` (L2).
+
+    Parameters
+    ----------
+    pred_lfc, true_lfc : array_like, shape (n_genes,)
+        Predicted and true logFC.
+    genes : array_like of bool or int, optional
+        Genes to use (the protocol uses the top-100 DEGs).
+
+    Returns
+    -------
+    float
+        1 for an effect of the right size, 0 for no predicted effect; ``nan`` when
+        the true effect is zero on the selected genes.
+    """
+    pred, true = _as_float(pred_lfc), _as_float(true_lfc)
+    _check_same_shape(pred, true, "pred_lfc and true_lfc")
+    pred, true = _select(pred, genes), _select(true, genes)
+    keep = np.isfinite(pred) & np.isfinite(true)
+    denom = float(np.linalg.norm(true[keep]))
+    if denom == 0 or not np.any(keep):
+        return float("nan")
+    return float(np.linalg.norm(pred[keep]) / denom)
+
+
 def on_target_error(pred_lfc: ArrayLike, true_lfc: ArrayLike, gene_index: int) -> float:
     """Absolute error of the predicted logFC at the perturbed gene itself.
 
@@ -447,6 +476,61 @@ def genewise_pearson_weighted(
     if total <= 0:
         return float("nan")
     return float(np.dot(w, corr) / total)
+
+
+def between_condition_correlation(means: ArrayLike, genes: GeneSelection = None) -> float:
+    """Mean Pearson correlation between the profiles of different conditions (diversity).
+
+    Compared between generated and real condition means: a generator that
+    collapses every condition onto one profile scores 1, however diverse the
+    real conditions are.
+
+    Parameters
+    ----------
+    means : array_like, shape (n_conditions, n_genes)
+        Per-condition mean log-CPM.
+    genes : array_like of bool or int, optional
+        Genes to use.
+
+    Returns
+    -------
+    float
+        Mean of the off-diagonal correlations; ``nan`` with fewer than two
+        conditions (pairs with a constant profile are left out).
+    """
+    x = _select(_as_matrix(means, "means"), genes)
+    n = x.shape[0]
+    if n < 2:
+        return float("nan")
+    values = [pearson(x[i], x[j]) for i in range(n) for j in range(i + 1, n)]
+    arr = np.asarray(values)
+    if np.all(np.isnan(arr)):
+        # identical constant profiles are collapsed by definition
+        return 1.0 if np.allclose(x, x[0]) else float("nan")
+    return float(np.nanmean(arr))
+
+
+def replicate_spread(groups: Sequence[ArrayLike], genes: GeneSelection = None) -> float:
+    """Between-replicate spread: mean per-gene SD within conditions, averaged over conditions.
+
+    Parameters
+    ----------
+    groups : sequence of array_like, each shape (n_i, n_genes)
+        Samples of each condition (log-CPM); conditions with one sample are skipped.
+    genes : array_like of bool or int, optional
+        Genes to use.
+
+    Returns
+    -------
+    float
+        ``nan`` when no condition has two samples.
+    """
+    values = []
+    for g in groups:
+        x = _select(_as_matrix(g, "group"), genes)
+        if x.shape[0] >= 2:
+            values.append(float(x.std(axis=0, ddof=1).mean()))
+    return float(np.mean(values)) if values else float("nan")
 
 
 def sd_correlation(pred: ArrayLike, real: ArrayLike, genes: GeneSelection = None) -> float:

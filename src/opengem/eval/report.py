@@ -8,8 +8,13 @@ Figures (small PNGs beside the HTML):
   per unit, the model with the baselines;
 - ``gene_mean_sd.png``: per-gene mean (and SD, for generation) of generated vs
   real expression;
-- ``calibration.png`` (held-out study): reliability curve of the metadata
-  classifier and of the logistic-regression baseline.
+- ``calibration.png`` (metadata prediction): reliability curve of the metadata
+  classifier and of the logistic-regression baseline;
+- ``diversity.png`` (generation): correlation between condition means, real vs
+  generated (a collapsed generator is uniformly dark).
+
+:func:`write_summary_report` writes the ``--all`` report: every protocol's summary
+table (model, diagnostics and baselines side by side) with links to its own report.
 """
 
 from __future__ import annotations
@@ -233,9 +238,32 @@ def calibration_figure(calibration: dict[str, list[dict[str, np.ndarray]]], path
     return True
 
 
+def diversity_figure(units: list[dict[str, Any]], path: Path) -> bool:
+    units = [u for u in units if "diversity" in u and len(u["diversity"]["real"]) >= 2]
+    units = units[: MAX_PANELS // 2]
+    if not units:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(len(units), 2, figsize=(5.0, 2.5 * len(units)), squeeze=False)
+    for row, u in zip(axes, units, strict=True):
+        for ax, name in zip(row, ("real", "model"), strict=True):
+            c = np.corrcoef(np.asarray(u["diversity"][name]))
+            ax.imshow(c, vmin=0.5, vmax=1.0, cmap="viridis")
+            off = c[~np.eye(len(c), dtype=bool)]
+            ax.set_title(
+                f"{_short(u['name'], 20)} {name}: mean r {np.nanmean(off):.2f}", fontsize=7
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
 def _fmt(v: Any) -> str:
     if v is None:
-        return "–"
+        return "undefined"
     if isinstance(v, float):
         return f"{v:.3f}"
     return html.escape(str(v))
@@ -260,11 +288,10 @@ def write_report(metrics: dict[str, Any], figures: dict[str, Any], out: Path) ->
         pngs.append(("gene_mean_sd.png", "Per-gene mean (and SD) of generated vs real"))
     if calibration_figure(figures.get("calibration", {}), out / "calibration.png"):
         pngs.append(("calibration.png", "Calibration of metadata prediction"))
+    if diversity_figure(units, out / "diversity.png"):
+        pngs.append(("diversity.png", "Correlation between condition means: real vs generated"))
     summary = metrics["summary"]
-    baselines = list(summary["baselines"])
-    rows = []
-    for metric, value in summary["model"].items():
-        rows.append([metric, value, *[summary["baselines"][b].get(metric) for b in baselines]])
+    header, rows = summary_rows(summary)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>opengem eval: {html.escape(metrics['protocol'])}</title>",
@@ -279,7 +306,7 @@ def write_report(metrics: dict[str, Any], figures: dict[str, Any], out: Path) ->
         f"<br>Units: {summary['n_units']}; total time {metrics['timings']['total_seconds']} s"
         f"{' (--fast)' if metrics.get('fast') else ''}</p>",
         "<h2>Summary (mean over units)</h2>",
-        _table(rows, ["metric", "model", *baselines]),
+        _table(rows, header),
         "<h2>Verdict</h2><ul>",
         *[f"<li>{html.escape(v)}</li>" for v in metrics["verdict"].values()],
         "</ul>",
@@ -288,20 +315,78 @@ def write_report(metrics: dict[str, Any], figures: dict[str, Any], out: Path) ->
         parts.append(f"<h3>{html.escape(caption)}</h3><img src='{name}' alt='{name}'>")
     parts.append("<h2>Per unit</h2>")
     for u in metrics["units"]:
-        keys = list(u["model"])
-        for b in u["baselines"].values():
-            keys += [k for k in b if k not in keys]
-        names = list(u["baselines"])
-        rows = [[k, u["model"].get(k), *[u["baselines"][b].get(k) for b in names]] for k in keys]
+        columns = {"model": u["model"], **u.get("diagnostics", {}), **u["baselines"]}
+        keys: list[str] = []
+        for vals in columns.values():
+            keys += [k for k in vals if k not in keys]
+        rows = [[k, *[vals.get(k) for vals in columns.values()]] for k in keys]
+        extra = f"; error: {u['error']}" if u.get("error") else ""
         parts.append(
-            f"<details><summary>{html.escape(u['unit'])} ({u['n_samples']} samples)</summary>"
-            + _table(rows, ["metric", "model", *names])
-            + "</details>"
+            f"<details><summary>{html.escape(u['unit'])} ({u['n_samples']} samples"
+            f"{html.escape(extra)})</summary>" + _table(rows, ["metric", *columns]) + "</details>"
         )
     parts.append(
         "<h2>Timings</h2>"
         + _table([[k, str(v)] for k, v in metrics["timings"].items()], ["what", "value"])
     )
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of a summary table: model, diagnostics, then baselines (means)."""
+    columns = {"model": summary["model"]}
+    columns |= {f"{d} (diagnostic)": v for d, v in summary.get("diagnostics", {}).items()}
+    columns |= summary.get("baselines", {})
+    n_defined = summary.get("n_defined", {})
+    rows = [
+        [metric, *[vals.get(metric) for vals in columns.values()], n_defined.get(metric)]
+        for metric in summary["model"]
+    ]
+    return ["metric", *columns, "units defined (model)"], rows
+
+
+def write_summary_report(summary: dict[str, Any], out: Path) -> Path:
+    """The ``--all`` report: one section per protocol, with its figures and a link."""
+    out = Path(out)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>opengem eval --all ({html.escape(str(summary['modality']))})</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;font-size:14px}"
+        "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:2px 6px;"
+        "font-size:12px;text-align:right}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%}code{background:#f4f4f4}</style></head><body>",
+        f"<h1>opengem eval --all: {html.escape(str(summary['modality']))}</h1>",
+        f"<p>Command: <code>{html.escape(str(summary['command']))}</code><br>"
+        f"Corpus checksum: <code>{html.escape(str(summary.get('corpus_checksum')))}</code>"
+        f"{'<br><b>--fast</b>' if summary.get('fast') else ''}"
+        + (
+            "<br><b>TRUNCATED: a training hit the wall-clock cap</b>"
+            if summary["truncated"]
+            else ""
+        )
+        + "</p>",
+    ]
+    if summary.get("skipped"):
+        parts.append("<h2>Skipped</h2><ul>")
+        parts += [
+            f"<li>{html.escape(n)}: {html.escape(r)}</li>" for n, r in summary["skipped"].items()
+        ]
+        parts.append("</ul>")
+    for name, p in summary["protocols"].items():
+        header, rows = summary_rows(p["summary"])
+        parts.append(
+            f"<h2>{html.escape(name)}</h2><p>{p['n_units']} units, {p['n_trainings']} "
+            f"training(s){' (truncated)' if p['truncated'] else ''}; "
+            f"<a href='{html.escape(name)}/report.html'>full report</a></p>"
+        )
+        parts.append(_table(rows, header))
+        parts.append("<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in p["verdict"].values()))
+        parts.append("</ul>")
+        for png in sorted((out / name).glob("*.png")):
+            parts.append(f"<img src='{html.escape(name)}/{png.name}' alt='{png.name}'>")
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts))

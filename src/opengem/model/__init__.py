@@ -1,6 +1,7 @@
-"""The GEM model, pure torch: metadata vocabularies, the module, its loss."""
+"""The GEM model (numpy): metadata vocabularies, perturbations, the model and its fit."""
 
-from opengem.model.module import GROUPS, GEMModule, LossOutput, ModelConfig, nb_log_likelihood
+from opengem.model.gem import GEMModel, ModelConfig, Unit
+from opengem.model.perturbations import SEP, Perturbation, perturbations_of
 from opengem.model.vocab import (
     CATEGORICAL_FIELDS,
     NUMERIC_FIELDS,
@@ -10,16 +11,21 @@ from opengem.model.vocab import (
     Vocabulary,
 )
 
+#: the three latent groups, in output order
+GROUPS = ("biological", "technical", "perturbation")
+
 __all__ = [
     "CATEGORICAL_FIELDS",
     "GROUPS",
     "NUMERIC_FIELDS",
+    "SEP",
     "UNKNOWN",
     "FieldVocab",
-    "GEMModule",
-    "LossOutput",
+    "GEMModel",
     "ModelConfig",
     "NumericScale",
+    "Perturbation",
+    "Unit",
     "Vocabulary",
-    "nb_log_likelihood",
+    "perturbations_of",
 ]

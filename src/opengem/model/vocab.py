@@ -1,4 +1,4 @@
-"""Metadata vocabularies and their encoding into tensors.
+"""Metadata vocabularies: the tokens a model knows, with ontology ancestors.
 
 A :class:`Vocabulary` is built once from training metadata (by ``opengem.train``)
 and stored in the bundle as JSON. Each categorical field has *tokens*: the
@@ -13,31 +13,23 @@ carry their unit's dimension as a token.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from opengem.contract import FIELDS, FieldKind, LatentGroup, parse_age, parse_quantity
-from opengem.contract.fields import GENE_TARGETING_TYPES, LOSS_OF_FUNCTION_TYPES
+from opengem.contract.fields import (
+    PERTURBATION_FIELDS,
+)
 
 UNKNOWN = "<unknown>"
+SEP = "|"  # several perturbations of one sample (see opengem.model.perturbations)
 NUMERIC_FIELDS = ("age_years", "perturbation_dose", "perturbation_time")
 CATEGORICAL_FIELDS = tuple(f for f in FIELDS if f not in NUMERIC_FIELDS)
-#: Gene-targeting kinds: 0 none, 1 knock-down/out (crispr, shrna, sirna), 2 overexpression.
-TARGETING_KIND = {"crispr": 1, "shrna": 1, "sirna": 1, "overexpression": 2}
 Ancestors = Callable[[str], Sequence[str]]
 
 
 def _no_ancestors(term: str) -> Sequence[str]:
-    return ()
-
-
-def _same_kind(perturbation_type: str) -> Sequence[str]:
-    """An unseen loss-of-function type falls back to the ones the model knows."""
-    if perturbation_type in LOSS_OF_FUNCTION_TYPES:
-        return [t for t in LOSS_OF_FUNCTION_TYPES if t != perturbation_type]
     return ()
 
 
@@ -126,7 +118,17 @@ class Vocabulary:
         """Vocabulary of training records (ontology ancestors included for ontology fields)."""
         fields: dict[str, FieldVocab] = {}
         for name in CATEGORICAL_FIELDS:
-            classes = sorted({r[name] for r in records if r.get(name)})
+            # several perturbations on one sample: each component is a value of its own
+            split = name in PERTURBATION_FIELDS
+            classes = sorted(
+                {
+                    part.strip()
+                    for r in records
+                    if r.get(name)
+                    for part in (r[name].split(SEP) if split else [r[name]])
+                    if part.strip()
+                }
+            )
             ontology = (
                 FIELDS[name].kind is FieldKind.ONTOLOGY and name != "perturbation_ontology_id"
             )
@@ -151,7 +153,8 @@ class Vocabulary:
         for name in NUMERIC_FIELDS:
             values = []
             for r in records:
-                value, unit = numeric_value(name, r.get(name))
+                text = (r.get(name) or "").split(SEP)[0]
+                value, unit = numeric_value(name, text)
                 if value is not None:
                     values.append(math.log1p(max(value, 0.0)))
                 if unit:
@@ -215,79 +218,6 @@ class Vocabulary:
         """Per field: the values a query may use (fields never seen in training are open)."""
         return {name: self.values(name) for name, fv in self.fields.items() if fv.classes}
 
-    # --------------------------------------------------------------------- encoding
-    def encode(
-        self,
-        records: Sequence[Mapping[str, str]],
-        gene_index: Callable[[str], int | None],
-        ancestors: Ancestors = _no_ancestors,
-    ) -> dict[str, torch.Tensor]:
-        """Tensors for a batch of canonical metadata records.
-
-        Returns a dict with, per categorical field ``f``: ``cat:f:idx`` / ``cat:f:off``
-        (EmbeddingBag inputs); per numeric field ``num:f`` (B × 2: value, known); ``unit:dose``,
-        ``unit:time`` (B); ``target_gene`` (B; -1 none) and ``target_kind`` (B).
-        """
-        out: dict[str, torch.Tensor] = {}
-        for name, fv in self.fields.items():
-            idx: list[int] = []
-            off: list[int] = []
-            fallback = _same_kind if name == "perturbation_type" else ancestors
-            for r in records:
-                off.append(len(idx))
-                idx.extend(fv.token_indices(r.get(name), fallback))
-            out[f"cat:{name}:idx"] = torch.tensor(idx, dtype=torch.long)
-            out[f"cat:{name}:off"] = torch.tensor(off, dtype=torch.long)
-        unit_index = {u: i for i, u in enumerate(self.units)}
-        for name in NUMERIC_FIELDS:
-            rows, units = [], []
-            for r in records:
-                value, unit = numeric_value(name, r.get(name))
-                rows.append(self.numeric[name].encode(value))
-                units.append(unit_index.get(unit or UNKNOWN, 0))
-            out[f"num:{name}"] = torch.tensor(rows, dtype=torch.float32)
-            if name != "age_years":
-                out[f"unit:{name}"] = torch.tensor(units, dtype=torch.long)
-        out.update(self.targets(records, gene_index))
-        return out
-
-    @staticmethod
-    def targets(
-        records: Sequence[Mapping[str, str]], gene_index: Callable[[str], int | None]
-    ) -> dict[str, torch.Tensor]:
-        """``target_gene`` (gene index, -1 none) and ``target_kind`` of each record."""
-        targets, kinds = [], []
-        cache: dict[int, tuple[int, int]] = {}
-        for r in records:
-            if id(r) not in cache:
-                kind = TARGETING_KIND.get(r.get("perturbation_type", ""), 0)
-                pid = r.get("perturbation_ontology_id", "")
-                where = gene_index(pid) if kind and pid else None
-                cache[id(r)] = (-1, 0) if where is None else (where, kind)
-            t, k = cache[id(r)]
-            targets.append(t)
-            kinds.append(k)
-        return {
-            "target_gene": torch.tensor(targets, dtype=torch.long),
-            "target_kind": torch.tensor(kinds, dtype=torch.long),
-        }
-
-    def class_labels(self, records: Iterable[Mapping[str, str]]) -> dict[str, torch.Tensor]:
-        """Per field with ≥ 2 classes: class index of each record, -1 when unknown."""
-        records = list(records)
-        out = {}
-        for name, fv in self.fields.items():
-            if len(fv.classes) < 2:
-                continue
-            pos = {c: i for i, c in enumerate(fv.classes)}
-            out[name] = torch.tensor(
-                [pos.get(r.get(name, ""), -1) for r in records], dtype=torch.long
-            )
-        return out
-
 
 def field_group(name: str) -> LatentGroup:
     return FIELDS[name].group
-
-
-assert set(GENE_TARGETING_TYPES) == set(TARGETING_KIND)

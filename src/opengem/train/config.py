@@ -13,40 +13,39 @@ from opengem.tomlfiles import read_toml_model
 
 
 class ModelSection(BaseModel):
+    """Sizes and penalties of the model (see :class:`opengem.model.ModelConfig`)."""
+
     model_config = ConfigDict(extra="forbid")
-    hidden: int = Field(128, ge=8)
-    latent_biological: int = Field(32, ge=1)
-    latent_technical: int = Field(8, ge=1)
-    latent_perturbation: int = Field(16, ge=1)
-    embedding: int = Field(16, ge=1)
-    prior_hidden: int = Field(64, ge=4)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    kl_weight: float = Field(1.0, ge=0)
-    classifier_weight: float = Field(1.0, ge=0)
-    prior_reconstruction_weight: float = Field(0.5, ge=0)
+    latent_biological: int = Field(16, ge=0)
+    latent_technical: int = Field(8, ge=0)
+    latent_perturbation: int = Field(16, ge=0)
+    mean_rank: int = Field(192, ge=1)
+    ridge_terms: float = Field(0.3, gt=0)
+    ridge_condition: float = Field(1.0, gt=0)
+    ridge_study: float = Field(3.0, gt=0)
+    imputation_rounds: int = Field(3, ge=1)
+    reference_prior_counts: float = Field(2000.0, ge=0)
+    n_top_genes: int = Field(2000, ge=10)
+    n_components: int = Field(50, ge=1)
+    n_field_genes: int = Field(20, ge=0)
+    classifier_c: float = Field(1.0, gt=0)
+    classifier_iterations: int = Field(300, ge=1)
+    max_residual_rows: int = Field(3000, ge=10)
 
 
 class TrainingSection(BaseModel):
+    """The fit is exact or convex (no epochs): a seed for subsampling, the validation split."""
+
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
-    max_epochs: int = Field(200, ge=1)
-    max_minutes: float = Field(14.0, gt=0)
-    batch_size: int = Field(64, ge=2)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    kl_warmup_epochs: int = Field(10, ge=0)
-    patience: int = Field(10, ge=1)
     validation_split: str = Field("study", pattern="^(study|sample)$")
     validation_studies: list[str] | None = None
-    validation_fraction: float = Field(0.15, ge=0, lt=1)
-    devices: int | str = 1
-    num_nodes: int = Field(1, ge=1)
-    strategy: str = "auto"
+    validation_fraction: float = Field(0.0, ge=0, lt=1)
     backed: bool = False
 
 
 class TrainConfig(BaseModel):
-    """``[model]`` widths and loss weights, ``[training]`` optimisation and data split."""
+    """``[model]`` sizes and penalties, ``[training]`` seed and validation split."""
 
     model_config = ConfigDict(extra="forbid")
     modality: str = Field(pattern="^(bulk|sc)$")

@@ -1,21 +1,13 @@
-"""Corpus → model batches: vocabulary, study split, study-homogeneous batches.
-
-Every batch holds samples of one study, so it carries one gene mask: the
-encoder reads and the likelihood scores only the genes that study measured.
-Works on an in-memory AnnData or a backed one (rows read per batch).
-"""
+"""Corpus → model inputs: metadata records, per-study gene masks, the study split."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from opengem.contract import FIELDS
-from opengem.model import Vocabulary
 
 #: fields whose values must be covered by training studies for a study to be "redundant"
 _CONTEXT_FIELDS = (
@@ -73,141 +65,15 @@ def choose_validation_studies(obs: pd.DataFrame, fraction: float, seed: int) -> 
     return sorted(chosen)
 
 
-class CorpusData:
-    """Model-ready view of a corpus AnnData."""
-
-    def __init__(
-        self,
-        adata: Any,
-        *,
-        validation_studies: Sequence[str] | None,
-        validation_fraction: float,
-        seed: int,
-        gene_index: Callable[[str], int | None],
-        ancestors: Callable[[str], Sequence[str]],
-        labels: Callable[[str, str], str] | None = None,
-        vocab: Vocabulary | None = None,
-        validation_split: str = "study",
-    ) -> None:
-        self.adata = adata
-        obs = adata.obs
-        self.records = obs_records(obs)
-        self.sample_ids = list(adata.obs_names.astype(str))
-        self.studies = obs["study"].astype(str).to_numpy()
-        known = set(self.studies)
-        is_val = np.zeros(len(self.studies), dtype=bool)
-        if validation_split == "sample":
-            # every study is a context of its own: hold out a seeded share of each study
-            is_val = np.random.default_rng(seed).random(len(self.studies)) < validation_fraction
-            validation_studies = []
-        elif validation_studies is None:
-            validation_studies = choose_validation_studies(obs, validation_fraction, seed)
-        unknown = sorted(set(validation_studies) - known)
-        if unknown:
-            raise ValueError(
-                f"validation_studies {unknown} are not studies of the corpus; "
-                f"studies: {sorted(known)}"
-            )
-        self.validation_studies = list(validation_studies)
-        if validation_split != "sample":
-            is_val = np.isin(self.studies, self.validation_studies)
-        self.train_index = np.flatnonzero(~is_val)
-        self.val_index = np.flatnonzero(is_val)
-        self.gene_index = gene_index
-        self.ancestors = ancestors
-        self.vocab = vocab or Vocabulary.build(
-            [self.records[i] for i in self.train_index], ancestors=ancestors, labels=labels
-        )
-        names = [str(s) for s in adata.uns["study_mask_studies"]]
-        mask = np.asarray(adata.varm["study_mask"]).astype(bool)
-        self.genes = {
-            s: torch.as_tensor(np.flatnonzero(mask[:, j]), dtype=torch.long)
-            for j, s in enumerate(names)
-        }
-
-    def batches(
-        self, index: np.ndarray, batch_size: int, rng: np.random.Generator | None
-    ) -> list[np.ndarray]:
-        """Study-homogeneous batches over ``index`` (shuffled when ``rng`` is given)."""
-        out: list[np.ndarray] = []
-        for study in sorted(set(self.studies[index])):
-            rows = index[self.studies[index] == study]
-            if rng is not None:
-                rows = rng.permutation(rows)
-            n_batches = max(1, int(np.ceil(len(rows) / batch_size)))
-            out.extend(np.array_split(rows, n_batches))
-        if rng is not None:
-            out = [out[i] for i in rng.permutation(len(out))]
-        return out
-
-    def collate(self, rows: Sequence[int]) -> dict[str, Any]:
-        rows = np.sort(np.asarray(rows, dtype=np.int64))
-        study = self.studies[rows[0]]
-        genes = self.genes[study]
-        block = self.adata.X[rows]
-        block = block[:, genes.numpy()]
-        dense = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
-        records = [self.records[i] for i in rows]
-        return {
-            "x": torch.as_tensor(dense, dtype=torch.float32),
-            "genes": genes,
-            "meta": self.vocab.encode(records, self.gene_index, self.ancestors),
-            "labels": self.vocab.class_labels(records),
-            "rows": torch.as_tensor(rows),
-        }
+def study_masks(adata: Any) -> dict[str, np.ndarray]:
+    """Which genes each study measured (``varm["study_mask"]``), by study id."""
+    names = [str(s) for s in adata.uns["study_mask_studies"]]
+    mask = np.asarray(adata.varm["study_mask"]).astype(bool)
+    return {s: mask[:, j] for j, s in enumerate(names)}
 
 
-class StudyBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Yields study-homogeneous index batches; reshuffled (seeded) at every pass.
-
-    Under DDP each rank takes every ``world``-th batch, so ranks see disjoint data.
-    """
-
-    def __init__(
-        self, data: CorpusData, index: np.ndarray, batch_size: int, seed: int, shuffle: bool
-    ) -> None:
-        self.data, self.index, self.batch_size = data, index, batch_size
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
-
-    def _all(self) -> list[np.ndarray]:
-        rng = np.random.default_rng(self.seed + self.epoch) if self.shuffle else None
-        batches = self.data.batches(self.index, self.batch_size, rng)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            while len(batches) < world:  # every rank needs a batch: split the largest
-                big = max(range(len(batches)), key=lambda i: len(batches[i]))
-                if len(batches[big]) < 2:
-                    break
-                batches[big : big + 1] = np.array_split(batches[big], 2)
-            usable = len(batches) - len(batches) % world  # equal counts, or ranks hang
-            batches = batches[:usable][rank::world]
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._all()
-        self.epoch += 1
-        return iter([b.tolist() for b in batches])
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-
-class _Rows(torch.utils.data.Dataset[int]):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
-def loader(
-    data: CorpusData, index: np.ndarray, batch_size: int, seed: int, shuffle: bool
-) -> torch.utils.data.DataLoader[Any]:
-    return torch.utils.data.DataLoader(
-        _Rows(len(data.records)),
-        batch_sampler=StudyBatchSampler(data, index, batch_size, seed, shuffle),
-        collate_fn=data.collate,
-    )
+def match_groups(obs: pd.DataFrame) -> list[str]:
+    """The card-declared matched groups (``obs["match_group"]``; "" when undeclared)."""
+    if "match_group" not in obs:
+        return [""] * len(obs)
+    return obs["match_group"].astype(str).replace({"nan": ""}).tolist()

@@ -1,0 +1,73 @@
+"""Fit: the training units themselves, after training on everything (in-sample).
+
+The first check after any training: every perturbation cell with at least two
+perturbed and two control samples is predicted from its matched controls by a model
+that saw them all. A model that cannot reproduce its training perturbations (the
+counterfactual metrics: Pearson Δ and magnitude of predicted(perturbation) −
+predicted(no perturbation)) cannot transfer them. Baselines: no change and the
+in-sample additive shift (the perturbation's mean effect over every training
+context, its own included).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from opengem.eval.corpus import EvalError
+from opengem.eval.effects import EffectTable
+from opengem.eval.protocols.base import ProtocolContext
+from opengem.eval.protocols.perturbation import score_perturbation_units
+from opengem.eval.results import ProtocolResult
+from opengem.eval.units import Cell, perturbation_cells, unit_of
+
+NAME = "fit"
+BASELINES = ("no_change", "additive_in_sample")
+MIN_SAMPLES = 2
+
+
+def run(ctx: ProtocolContext) -> ProtocolResult:
+    view = ctx.view
+    ctx.check_studies()
+    cells = perturbation_cells(view)
+    chosen = [c for c in cells if not ctx.studies or c.study in ctx.studies]
+    focus = sorted({c.study for c in chosen})
+    with ctx.trained(np.arange(view.obs.shape[0]), focus, "all data", []) as (client, fitted):
+        inside = np.zeros(view.obs.shape[0], dtype=bool)
+        inside[fitted] = True
+        units = []
+        for c in chosen:
+            pert, ctrl = c.perturbed[inside[c.perturbed]], c.controls[inside[c.controls]]
+            if len(pert) >= MIN_SAMPLES and len(ctrl) >= MIN_SAMPLES:
+                fitted_cell = Cell(
+                    c.study,
+                    c.context,
+                    c.key,
+                    c.perturbation,
+                    pert,
+                    ctrl,
+                    c.held_out,
+                    c.pair_keys,
+                    c.note,
+                )
+                units.append(unit_of(fitted_cell, max_scored=ctx.max_scored))
+        if not units:
+            raise EvalError(
+                f"{NAME}: no perturbation with >= {MIN_SAMPLES} perturbed and control samples "
+                "in one context among the training data"
+            )
+        ctx.log(f"{NAME}: {len(units)} in-sample units")
+        table = EffectTable(view, cells, fitted)
+        results, figures = score_perturbation_units(
+            client, view, units, table, BASELINES, None, ctx.log
+        )
+    return ProtocolResult(
+        NAME,
+        results,
+        ctx.trainings,
+        details={
+            "n_trainings_note": "one training on every sample (in-sample: these are not "
+            "held-out numbers)",
+            "min_samples_per_side": MIN_SAMPLES,
+        },
+        figures={"units": figures},
+    )

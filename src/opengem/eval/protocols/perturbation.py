@@ -1,0 +1,237 @@
+"""Scoring perturbation units: the model (with and without the perturbation) and baselines.
+
+Each unit's perturbed samples are predicted from their matched controls with
+``conditioning`` = biological + technical, once with the perturbation and once with
+none (empty metadata = control). The model's row carries the counterfactual
+metrics; the diagnostic row ``no_perturbation_sent`` scores the no-perturbation
+prediction itself: a metric on which it matches the model measures the
+reconstruction of the reference, not the effect.
+
+Baselines (:data:`BASELINES`) are functions of the unit, its references and the
+training effects; each returns a log-CPM prediction (renormalised like model
+output) or ``None`` with a reason when it does not apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from opengem.contract import PERTURBATION_FIELDS, QueryError
+from opengem.eval import baselines as bl
+from opengem.eval.corpus import CorpusView, perturbation_parts
+from opengem.eval.effects import EffectTable
+from opengem.eval.metrics import top_degs
+from opengem.eval.querying import ModelClient
+from opengem.eval.results import UnitResult
+from opengem.eval.scoring import perturbation_scores
+from opengem.eval.units import PerturbationUnit, target_genes
+
+__all__ = ["BASELINES", "BaselineInput", "score_perturbation_units"]
+
+
+@dataclass
+class BaselineInput:
+    """What a baseline sees of a unit."""
+
+    view: CorpusView
+    unit: PerturbationUnit
+    refs: np.ndarray  # log-CPM of the matched references
+    genes: np.ndarray  # the study's measured genes
+    targets: list[int]
+    table: EffectTable
+
+
+Prediction = tuple[np.ndarray | None, str | None]
+Baseline = Callable[[BaselineInput], Prediction]
+
+
+def _additive(x: BaselineInput, scope: str, fallback: str | None = None) -> Prediction:
+    cells = x.table.select(x.unit, scope)
+    note = None
+    if not cells and fallback:
+        cells = x.table.select(x.unit, fallback)
+        note = f"no training context has this perturbation ({scope}); used scope {fallback!r}"
+    if not cells:
+        return None, f"no training cell in scope {scope!r}"
+    return bl.additive_shift(x.refs, x.table.effects(cells, x.genes)), note
+
+
+def no_change(x: BaselineInput) -> Prediction:
+    return bl.no_change(x.refs), None
+
+
+def additive_shift(x: BaselineInput) -> Prediction:
+    """Reference + mean logFC of the perturbation in the study's other training contexts."""
+    return _additive(x, "study", "study-any")
+
+
+def additive_in_sample(x: BaselineInput) -> Prediction:
+    """Reference + mean logFC of the perturbation in every training context (own included)."""
+    return _additive(x, "in-sample")
+
+
+def cross_study_additive(x: BaselineInput) -> Prediction:
+    """Reference + mean logFC of the same perturbation (type and id) in other studies."""
+    return _additive(x, "cross-study")
+
+
+def type_mean(x: BaselineInput) -> Prediction:
+    """Reference + mean logFC of the other perturbations of the same type."""
+    return _additive(x, "type")
+
+
+def on_target_only(x: BaselineInput) -> Prediction:
+    """Reference with only the target gene moved by the type's mean on-target logFC."""
+    if not x.targets:
+        return None, "not a gene-targeting perturbation (or its gene is not measured)"
+    changes = []
+    for cell in x.table.select(x.unit, "type"):
+        own = target_genes(cell.perturbation, np.arange(x.view.n_genes))
+        effect = x.table.effect(cell)
+        changes += [effect[t] for t in own if np.isfinite(effect[t])]
+    if not changes:
+        return None, "no training perturbation of this type with a measured target"
+    return bl.on_target_only(x.refs, x.targets, float(np.mean(changes))), None
+
+
+def sum_of_singles(x: BaselineInput) -> Prediction:
+    """Reference + the sum of the single perturbations' mean effects (same study)."""
+    parts = perturbation_parts(x.unit.cell.perturbation)
+    if len(parts) < 2:
+        return None, "not a combination"
+    effects = []
+    for part in parts:
+        cells = x.table.single(x.unit.study, part)
+        same = [c for c in cells if c.context == x.unit.cell.context] or cells
+        if not same:
+            return (
+                None,
+                f"single perturbation {part.get('perturbation_ontology_id')} not in training",
+            )
+        effects.append(bl.additive_shift(np.zeros(len(x.genes)), x.table.effects(same, x.genes)))
+    return bl.sum_of_effects(x.refs, effects), None
+
+
+def train_mean(x: BaselineInput) -> Prediction:
+    """Mean of the training samples with the same perturbation (any context)."""
+    rows = [r for c in x.table.select(x.unit, "same-key") for r in c.perturbed]
+    note = None
+    if not rows:
+        rows = [r for c in x.table.select(x.unit, "study-any") for r in c.perturbed]
+        note = "no training sample has this perturbation; mean of the study's other perturbed"
+    if not rows:
+        return None, "no training sample to average"
+    rows = sorted(set(rows))
+    mean = bl.train_mean(x.view.lcpm(rows, x.unit.study), x.view.measured(rows, x.unit.study))
+    return np.tile(mean, (len(x.refs), 1)), note
+
+
+BASELINES: dict[str, Baseline] = {
+    "no_change": no_change,
+    "additive_shift": additive_shift,
+    "additive_in_sample": additive_in_sample,
+    "cross_study_additive": cross_study_additive,
+    "type_mean": type_mean,
+    "on_target_only": on_target_only,
+    "sum_of_singles": sum_of_singles,
+    "train_mean": train_mean,
+}
+
+
+def score_perturbation_units(
+    client: ModelClient,
+    view: CorpusView,
+    units: Sequence[PerturbationUnit],
+    table: EffectTable,
+    baselines: Sequence[str],
+    info: Callable[[PerturbationUnit], dict[str, object]] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[UnitResult], list[dict[str, object]]]:
+    """Score every unit: the model's row, the no-perturbation diagnostic and the baselines."""
+    results, figures = [], []
+    for u in units:
+        genes = view.genes_of(u.study)
+        real = view.lcpm(u.scored, u.study)
+        refs = view.lcpm(u.references, u.study)
+        ctrls = view.lcpm(u.controls, u.study)
+        targets = target_genes(u.cell.perturbation, genes)
+        error = None
+        try:
+            metadata = [view.record(int(r), PERTURBATION_FIELDS) for r in u.scored]
+            pred = client.from_references(view, u.references, metadata, genes)
+            none = client.from_references(view, u.references, [{}] * len(u.scored), genes)
+            model = perturbation_scores(pred, real, refs, ctrls, none, targets)
+            diagnostics = {
+                "no_perturbation_sent": perturbation_scores(
+                    none, real, refs, ctrls, targets=targets, counterfactual=False
+                )
+            }
+        except QueryError as exc:
+            error = f"the model cannot take this unit's query: {exc}"
+            pred = none = None
+            template = perturbation_scores(refs, real, refs, ctrls, None, targets)
+            model = {k: float("nan") for k in template}
+            diagnostics = {}
+        x = BaselineInput(view, u, refs, genes, targets, table)
+        rows: dict[str, dict[str, float]] = {}
+        notes: dict[str, str] = {}
+        preds: dict[str, np.ndarray] = {}
+        for name in baselines:
+            p, note = BASELINES[name](x)
+            if note:
+                notes[name] = note
+            if p is None:
+                continue
+            p = bl.renormalise(p)
+            preds[name] = p
+            rows[name] = perturbation_scores(p, real, refs, ctrls, None, targets)
+        result = UnitResult(
+            name=u.name,
+            study=u.study,
+            n_samples=len(u.scored),
+            model=model,
+            baselines=rows,
+            diagnostics=diagnostics,
+            info={
+                "context": u.cell.context,
+                "group": u.group,
+                "perturbation": u.cell.perturbation,
+                "n_controls": len(u.controls),
+                "n_genes_measured": len(genes),
+                **(info(u) if info else {}),
+            },
+            notes=notes,
+            error=error,
+        )
+        results.append(result)
+        top = top_degs(ctrls, real, 100)
+        ref_mean = refs.mean(0)
+        pred_lfc = {n: (p.mean(0) - ref_mean)[top] for n, p in preds.items() if n != "no_change"}
+        if pred is not None and none is not None:
+            pred_lfc = {"model": (pred.mean(0) - none.mean(0))[top], **pred_lfc}
+        figures.append(
+            {
+                "name": u.name,
+                "true_lfc": (real.mean(0) - ref_mean)[top],
+                "pred_lfc": pred_lfc,
+                "real": {"control": ctrls, "perturbed": real},
+                "generated": {} if pred is None else {"perturbed": pred},
+                "real_mean": real.mean(0),
+                "gen_mean": {n: p.mean(0) for n, p in preds.items() if n != "no_change"}
+                | ({} if pred is None else {"model": pred.mean(0)}),
+            }
+        )
+        best = max(
+            (n for n in rows if n != "no_change"),
+            key=lambda n: np.nan_to_num(rows[n]["pearson_delta_top100"], nan=-2.0),
+            default=None,
+        )
+        log(
+            f"  {u.name}: cf Pearson Δ top-100 model {model['cf_pearson_delta_top100']:.3f}"
+            + (f", {best} {rows[best]['pearson_delta_top100']:.3f}" if best else "")
+            + (f" [{error}]" if error else "")
+        )
+    return results, figures

@@ -1,0 +1,170 @@
+"""Querying a model the way a user does, and turning results into log-CPM.
+
+:class:`ModelClient` wraps a :class:`~opengem.eval.training.QueryableModel` and counts
+inference time and samples; the functions build the protocol's queries
+(reference conditioning with and without a perturbation, generation from
+metadata, metadata prediction) and return arrays over one study's genes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from opengem.contract import QueryError
+from opengem.eval.corpus import CorpusView
+from opengem.eval.metrics import log_cpm
+from opengem.eval.training import QueryableModel
+
+__all__ = ["SEED", "ModelClient"]
+
+SEED = 0
+#: inputs per query (the contract allows 10,000 samples per query)
+CHUNK = 500
+
+
+class ModelClient:
+    """A model under evaluation: its queries, with inference seconds and samples counted."""
+
+    def __init__(self, model: QueryableModel) -> None:
+        self.model = model
+        self.modality = model.modality
+        self.inference_seconds = 0.0
+        self.inference_samples = 0
+
+    def run(self, query: dict[str, Any], task: str | None) -> Any:
+        start = time.perf_counter()
+        result = self.model.run(query, task)
+        self.inference_seconds += time.perf_counter() - start
+        if hasattr(result, "counts"):
+            self.inference_samples += int(np.asarray(result.counts).shape[0])
+        else:
+            self.inference_samples += len(result.classifier_probs)
+        return result
+
+    # ----------------------------------------------------------------- reference conditioning
+
+    def from_references(
+        self,
+        view: CorpusView,
+        references: Sequence[int],
+        metadata: Sequence[dict[str, str]],
+        genes: np.ndarray,
+    ) -> np.ndarray:
+        """log-CPM (over ``genes``) of each reference re-generated under its metadata.
+
+        An empty metadata dict sends no perturbation (the counterfactual control).
+        Raises :class:`~opengem.contract.QueryError` when the model cannot take it.
+        """
+        out = []
+        refs = list(references)
+        for s in range(0, len(refs), CHUNK):
+            chunk = refs[s : s + CHUNK]
+            counts = view.counts(chunk).astype(np.int64)
+            query = {
+                "inputs": [
+                    {"counts": c.tolist(), "metadata": dict(md), "num_samples": 1}
+                    for c, md in zip(counts, metadata[s : s + CHUNK], strict=True)
+                ],
+                "conditioning": ["biological", "technical"],
+                "sampling_strategy": "mean estimation",
+                "deterministic_latents": True,
+                "seed": SEED,
+            }
+            result = self.run(query, "reference-conditioning")
+            out.append(log_cpm(np.asarray(result.counts, dtype=np.float64)[:, genes]))
+        return np.vstack(out)
+
+    # ----------------------------------------------------------------- generation
+
+    def usable_metadata(
+        self, records: Sequence[dict[str, str]]
+    ) -> tuple[list[dict[str, str]], list[list[str]]]:
+        """Records with the fields this model rejects dropped (unseen study, tissue...)."""
+        recs = [dict(r) for r in records]
+        dropped: list[list[str]] = [[] for _ in recs]
+        pattern = re.compile(r"inputs\[(\d+)\]\.metadata\.(\w+)")
+        for _ in range(8):
+            try:
+                self.model.check(
+                    {
+                        "inputs": [{"metadata": r, "num_samples": 1} for r in recs],
+                        "sampling_strategy": "mean estimation",
+                    },
+                    None,
+                )
+                return recs, dropped
+            except QueryError as exc:
+                changed = False
+                for p in exc.problems:
+                    m = pattern.match(p.location)
+                    if m and m.group(2) in recs[int(m.group(1))]:
+                        del recs[int(m.group(1))][m.group(2)]
+                        dropped[int(m.group(1))].append(m.group(2))
+                        changed = True
+                if not changed:
+                    raise
+        return recs, dropped
+
+    def generate(
+        self,
+        records: Sequence[dict[str, str]],
+        n_per_condition: Sequence[int],
+        genes: np.ndarray,
+        library: float,
+    ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """Condition means (mean estimation) and samples, log-CPM over ``genes``.
+
+        Samples use "sample generation" for bulk; single-cell models support only
+        mean estimation, so their samples are mean-estimation cells.
+        """
+        usable, dropped = self.usable_metadata(records)
+        total = int(max(library, 1))
+        means = self.run(
+            {
+                "inputs": [{"metadata": r, "num_samples": 1} for r in usable],
+                "sampling_strategy": "mean estimation",
+                "deterministic_latents": True,
+                "total_count": total,
+                "seed": SEED,
+            },
+            None,
+        )
+        strategy = "sample generation" if self.modality == "bulk" else "mean estimation"
+        samples = self.run(
+            {
+                "inputs": [
+                    {"metadata": r, "num_samples": int(n)}
+                    for r, n in zip(usable, n_per_condition, strict=True)
+                ],
+                "sampling_strategy": strategy,
+                "total_count": total,
+                "seed": SEED,
+            },
+            None,
+        )
+        gen_means = log_cpm(np.asarray(means.counts, dtype=np.float64)[:, genes])
+        gen_samples = log_cpm(np.asarray(samples.counts, dtype=np.float64)[:, genes])
+        return gen_means, gen_samples, dropped
+
+    # ----------------------------------------------------------------- metadata prediction
+
+    def predict_metadata(self, counts: np.ndarray) -> list[dict[str, dict[str, float]]]:
+        """Class probabilities per field of each sample (rows of raw counts, all genes)."""
+        probs: list[dict[str, dict[str, float]]] = []
+        for s in range(0, len(counts), CHUNK):
+            res = self.run(
+                {
+                    "inputs": [
+                        {"counts": c.astype(np.int64).tolist()} for c in counts[s : s + CHUNK]
+                    ],
+                    "seed": SEED,
+                },
+                "predict-metadata",
+            )
+            probs.extend(res.classifier_probs)
+        return probs

@@ -1,0 +1,736 @@
+"""Fitting a :class:`~opengem.model.gem.GEMModel` to a corpus (numpy / scipy).
+
+Every component has an exact or convex fit, so a config and corpus give one
+model, in seconds to minutes on a CPU, with no epochs to cap:
+
+1. expression scale: the mean expression share of each gene in whole-transcriptome
+   studies (to put gene panels on the same scale) and the highly variable genes;
+2. perturbation units: mean(perturbed) − mean(matched control) per perturbation
+   and context (matched within a declared ``match_group`` when the card has one);
+   the kernel width over contexts by leave-one-context-out cross-validation; type
+   means with a leave-one-perturbation-out shrinkage; on-target changes per type;
+   the combination factor;
+3. prior mean: weighted ridge regression of condition means (perturbed samples
+   moved back to their control by their own unit's effect), unmeasured genes
+   imputed by EM rounds, compressed to low rank;
+4. variation: probabilistic PCA of within-condition residuals (biological) and of
+   the study effects (technical);
+5. metadata heads: study- and class-balanced multinomial logistic regression
+   (L-BFGS) on PCA scores + each field's top discriminative genes, with a
+   temperature fitted on held-out studies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy import optimize, special
+
+from opengem.model.gem import Classifier, GEMModel, ModelConfig, Unit
+from opengem.model.perturbations import (
+    CONTEXT_FIELDS,
+    Perturbation,
+    combination_key,
+    context_key,
+    perturbations_of,
+    without_perturbation,
+)
+from opengem.model.vocab import Vocabulary
+
+Log = Callable[[str], None]
+KERNEL_GRID = (math.inf, 0.2, 0.1, 0.05, 0.02, 0.01)
+DEFAULT_ON_TARGET = {"crispr": -1.0, "shrna": -1.0, "sirna": -1.0, "overexpression": 1.5}
+#: fields a metadata head is not trained for (identity of a study is not a sample property)
+_NOT_PREDICTED = ("study",)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _dense_mean(y: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(y[rows].mean(axis=0)).ravel()
+
+
+def _top_pearson(a: np.ndarray, b: np.ndarray, n: int = 100) -> float:
+    top = np.argsort(-np.abs(b))[:n]
+    x, y = a[top], b[top]
+    if x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _standardise(rows: np.ndarray) -> np.ndarray:
+    mean = rows.mean(axis=1, keepdims=True)
+    sd = rows.std(axis=1, keepdims=True)
+    return (rows - mean) / np.where(sd > 0, sd, 1.0)
+
+
+class _Corpus:
+    """The arrays of a corpus that fitting needs."""
+
+    def __init__(
+        self,
+        counts: sp.spmatrix,
+        records: Sequence[dict[str, str]],
+        studies: Sequence[str],
+        study_masks: dict[str, np.ndarray],
+        match_groups: Sequence[str] | None,
+    ) -> None:
+        self.x = sp.csr_matrix(counts, dtype=np.float64)
+        self.records = [dict(r) for r in records]
+        self.studies = np.asarray(studies, dtype=object)
+        self.study_masks = study_masks
+        self.match = np.asarray(match_groups if match_groups is not None else [""] * len(records))
+        self.n, self.g = self.x.shape
+        self.library = np.asarray(self.x.sum(axis=1)).ravel()
+        self.mask_rows = np.stack([study_masks[s] for s in self.studies])  # (n, G) bool
+
+
+def _reference_fraction(c: _Corpus) -> np.ndarray:
+    measured = {s: int(m.sum()) for s, m in c.study_masks.items() if s in set(c.studies)}
+    top = max(measured.values())
+    full = [s for s, k in measured.items() if k >= 0.6 * top]
+    parts = []
+    for s in full:
+        rows = np.flatnonzero(c.studies == s)
+        frac = sp.diags(1.0 / np.maximum(c.library[rows], 1.0)) @ c.x[rows]
+        parts.append(np.asarray(frac.mean(axis=0)).ravel())
+    ref = np.mean(parts, axis=0)
+    # genes no whole-transcriptome study measured: the share they hold where measured
+    return np.maximum(ref, 0.0) / max(ref.sum(), 1e-12)
+
+
+def _log_expression(c: _Corpus, ref: np.ndarray) -> sp.csr_matrix:
+    share = np.array([float(ref[c.study_masks[s]].sum()) for s in c.studies])
+    scale = np.clip(share, 1e-6, 1.0) * 1e6 / np.maximum(c.library, 1.0)
+    y = sp.diags(scale) @ c.x
+    y = sp.csr_matrix(y)
+    y.data = np.log1p(y.data)
+    return y
+
+
+def _gene_moments(c: _Corpus, y: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per gene over the samples that measured it: mean, variance, number of samples."""
+    s1 = np.zeros(c.g)
+    s2 = np.zeros(c.g)
+    n = np.zeros(c.g)
+    for s in np.unique(c.studies):
+        rows = np.flatnonzero(c.studies == s)
+        m = c.study_masks[s]
+        sub = y[rows]
+        s1 += np.asarray(sub.sum(axis=0)).ravel() * m
+        s2 += np.asarray(sub.multiply(sub).sum(axis=0)).ravel() * m
+        n += len(rows) * m
+    mean = s1 / np.maximum(n, 1)
+    var = s2 / np.maximum(n, 1) - mean**2
+    return mean, np.maximum(var, 0.0), n
+
+
+# ---------------------------------------------------------------------------- units
+
+
+def _units(
+    c: _Corpus, y: sp.csr_matrix
+) -> tuple[list[str], np.ndarray, np.ndarray, list[Unit], np.ndarray, np.ndarray, np.ndarray]:
+    """Contexts with controls, their control means, and the perturbation units in them."""
+    perts = [perturbations_of(r) for r in c.records]
+    ctx_of = [context_key(without_perturbation(r)) for r in c.records]
+    by_ctx: dict[str, list[int]] = {}
+    for i, k in enumerate(ctx_of):
+        by_ctx.setdefault(k, []).append(i)
+    contexts: list[str] = []
+    ctx_means, ctx_masks = [], []
+    units: list[Unit] = []
+    effects, masks = [], []
+    unit_of_sample = np.full(c.n, -1, dtype=np.int64)
+    for key in sorted(by_ctx):
+        rows = np.array(by_ctx[key])
+        ctrl = rows[[not perts[i] for i in rows]]
+        treated = rows[[bool(perts[i]) for i in rows]]
+        if len(ctrl) == 0 or len(treated) == 0:
+            continue
+        ci = len(contexts)
+        contexts.append(key)
+        mask = c.study_masks[c.studies[rows[0]]]
+        ctrl_mean = _dense_mean(y, ctrl)
+        ctx_means.append(ctrl_mean)
+        ctx_masks.append(mask)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i in treated:
+            p = perts[i]
+            groups.setdefault(
+                (
+                    combination_key(p),
+                    tuple((q.dose, q.time) for q in sorted(p, key=lambda q: q.key)),
+                ),
+                [],
+            ).append(int(i))
+        for (ckey, _), members in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            members_a = np.array(members)
+            diffs = []
+            for m in sorted(set(c.match[members_a]) - {""}):
+                mc = ctrl[c.match[ctrl] == m]
+                mp = members_a[c.match[members_a] == m]
+                if len(mc) and len(mp):
+                    diffs.append(_dense_mean(y, mp) - _dense_mean(y, mc))
+            effect = np.mean(diffs, axis=0) if diffs else _dense_mean(y, members_a) - ctrl_mean
+            p0 = sorted(perts[members[0]], key=lambda q: q.key)
+            unit = Unit(
+                key=ckey,
+                context=ci,
+                perturbations=[
+                    {
+                        "id": q.id,
+                        "type": q.type,
+                        "dose": q.dose,
+                        "dose_unit": q.dose_unit,
+                        "time": q.time,
+                    }
+                    for q in p0
+                ],
+                n_perturbed=len(members),
+                n_control=len(ctrl),
+            )
+            unit_of_sample[members_a] = len(units)
+            units.append(unit)
+            effects.append(np.where(mask, effect, 0.0))
+            masks.append(mask)
+    g = c.g
+    return (
+        contexts,
+        np.array(ctx_means).reshape(-1, g),
+        np.array(ctx_masks, dtype=bool).reshape(-1, g),
+        units,
+        np.array(effects).reshape(-1, g),
+        np.array(masks, dtype=bool).reshape(-1, g),
+        unit_of_sample,
+    )
+
+
+def _context_similarity(ctx_mean: np.ndarray, ctx_mask: np.ndarray, hvg: np.ndarray) -> np.ndarray:
+    if len(ctx_mean) == 0:
+        return np.zeros((0, 0))
+    a = np.where(ctx_mask[:, hvg], ctx_mean[:, hvg], np.nan)
+    mean = np.nanmean(a, axis=1, keepdims=True)
+    sd = np.nanstd(a, axis=1, keepdims=True)
+    a = np.nan_to_num((a - mean) / np.where(sd > 0, sd, 1.0))
+    both = ctx_mask[:, hvg].astype(float) @ ctx_mask[:, hvg].T.astype(float)
+    return (a @ a.T) / np.maximum(both, 1.0)
+
+
+def _closest_dose(units: list[Unit], rows: list[int], target: Unit) -> int:
+    def dist(i: int) -> float:
+        a, b = units[i].log_dose, target.log_dose
+        ta, tb = units[i].log_time, target.log_time
+        d = 0.0 if a is None or b is None else abs(a - b)
+        t = 0.0 if ta is None or tb is None else abs(ta - tb)
+        return d + t
+
+    return min(rows, key=dist)
+
+
+def _choose_kernel(
+    units: list[Unit], effects: np.ndarray, masks: np.ndarray, sim: np.ndarray, log: Log
+) -> tuple[float, dict[str, float]]:
+    """Kernel width maximising leave-one-context-out Pearson (top-100 genes of each unit)."""
+    by_key: dict[str, dict[int, list[int]]] = {}
+    for i, u in enumerate(units):
+        if u.single:
+            by_key.setdefault(u.key, {}).setdefault(u.context, []).append(i)
+    cases = []
+    for per_ctx in by_key.values():
+        if len(per_ctx) < 2:
+            continue
+        for ctx, rows in per_ctx.items():
+            for i in rows:
+                others = [
+                    (c2, _closest_dose(units, r2, units[i]))
+                    for c2, r2 in per_ctx.items()
+                    if c2 != ctx
+                ]
+                cases.append((i, others))
+    scores: dict[str, float] = {}
+    if not cases:
+        return math.inf, scores
+    best, best_score = math.inf, -np.inf
+    for width in KERNEL_GRID:
+        vals = []
+        for i, others in cases:
+            s = np.array([sim[units[i].context, c2] for c2, _ in others])
+            w = np.ones_like(s) if not np.isfinite(width) else np.exp((s - s.max()) / width)
+            rows = [j for _, j in others]
+            m = masks[rows]
+            num = (w[:, None] * m * effects[rows]).sum(axis=0)
+            den = (w[:, None] * m).sum(axis=0)
+            pred = np.where(den > 0, num / np.maximum(den, 1e-12), 0.0)
+            keep = masks[i] & (den > 0)
+            vals.append(_top_pearson(pred[keep], effects[i][keep]))
+        score = float(np.mean(vals))
+        scores["inf" if not np.isfinite(width) else f"{width:g}"] = round(score, 4)
+        if score > best_score + 1e-4:
+            best, best_score = width, score
+    log(f"  kernel over contexts: {scores} -> {best:g} ({len(cases)} held-out units)")
+    return best, scores
+
+
+def _type_statistics(
+    units: list[Unit],
+    effects: np.ndarray,
+    masks: np.ndarray,
+    gene_index: Callable[[str], int | None],
+) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, float]]:
+    by_type: dict[str, dict[str, list[int]]] = {}
+    for i, u in enumerate(units):
+        if u.single:
+            by_type.setdefault(u.perturbations[0]["type"], {}).setdefault(u.key, []).append(i)
+    type_effect, shrink, on_target = {}, {}, {}
+    for t, keys in sorted(by_type.items()):
+        key_means = {}
+        for k, rows in keys.items():
+            m = masks[rows]
+            num = (m * effects[rows]).sum(axis=0)
+            key_means[k] = (num / np.maximum(m.sum(axis=0), 1), m.any(axis=0))
+        stack = np.array([v[0] for v in key_means.values()])
+        present = np.array([v[1] for v in key_means.values()])
+        type_effect[t] = (stack.sum(axis=0) / np.maximum(present.sum(axis=0), 1)).astype(np.float32)
+        if len(key_means) >= 2:
+            num = den = 0.0
+            total = stack.sum(axis=0)
+            count = present.sum(axis=0)
+            for j in range(len(stack)):
+                other = (total - stack[j]) / np.maximum(count - present[j], 1)
+                keep = present[j]
+                num += float(other[keep] @ stack[j][keep])
+                den += float(other[keep] @ other[keep])
+            shrink[t] = float(np.clip(num / den, 0.0, 1.0)) if den > 0 else 0.0
+        else:
+            shrink[t] = 0.25
+        if t in DEFAULT_ON_TARGET:
+            changes = []
+            for k, rows in keys.items():
+                g = gene_index(units[rows[0]].perturbations[0]["id"])
+                if g is not None and masks[rows[0], g]:
+                    changes.append(float(np.mean([effects[r, g] for r in rows])))
+            on_target[t] = float(np.median(changes)) if changes else DEFAULT_ON_TARGET[t]
+    for t, v in DEFAULT_ON_TARGET.items():
+        on_target.setdefault(t, v)
+    return type_effect, shrink, on_target
+
+
+def _combination_scale(units: list[Unit], effects: np.ndarray, masks: np.ndarray) -> float:
+    single = {(u.context, u.key): i for i, u in enumerate(units) if u.single}
+    num = den = 0.0
+    for i, u in enumerate(units):
+        if u.single:
+            continue
+        parts = [single.get((u.context, f"{p['type']}:{p['id']}")) for p in u.perturbations]
+        if any(p is None for p in parts):
+            continue
+        total = effects[parts].sum(axis=0)
+        keep = masks[i]
+        num += float(total[keep] @ effects[i][keep])
+        den += float(total[keep] @ total[keep])
+    return float(np.clip(num / den, 0.2, 1.5)) if den > 0 else 1.0
+
+
+# ---------------------------------------------------------------------- prior mean
+
+
+def _design(
+    records: Sequence[dict[str, str]], vocab: Vocabulary, config: ModelConfig
+) -> tuple[list[tuple[str, str]], np.ndarray]:
+    columns: list[tuple[str, str]] = []
+    scale: list[float] = []
+    for name, fv in vocab.fields.items():
+        if name.startswith("perturbation_") or not fv.classes:
+            continue
+        lam = config.ridge_study if name == "study" else config.ridge_terms
+        for t in fv.tokens[1:]:
+            columns.append(("token", f"{name}={t}"))
+            scale.append(1.0 / math.sqrt(lam))
+    for key in sorted({context_key(r) for r in records}):
+        columns.append(("condition", key))
+        scale.append(1.0 / math.sqrt(config.ridge_condition))
+    if vocab.fields.get("age_years") is None and any(r.get("age_years") for r in records):
+        columns += [("age", "log_age"), ("age", "known")]
+        scale += [1.0 / math.sqrt(config.ridge_terms)] * 2
+    return columns, np.array(scale)
+
+
+def _ridge(phi: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ridge with unpenalised intercept (features pre-scaled; penalty 1)."""
+    wn = w / w.sum()
+    phi_bar = wn @ phi
+    y_bar = wn @ y
+    pc = phi - phi_bar
+    yc = y - y_bar
+    gram = pc.T @ (w[:, None] * pc) + np.eye(phi.shape[1])
+    coef = np.linalg.solve(gram, pc.T @ (w[:, None] * yc))
+    return y_bar - phi_bar @ coef, coef
+
+
+# ----------------------------------------------------------------------- classifiers
+
+
+def _fit_softmax(
+    z: np.ndarray, y: np.ndarray, w: np.ndarray, n_classes: int, c: float, iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
+    d = z.shape[1]
+    target = np.zeros((len(y), n_classes))
+    target[np.arange(len(y)), y] = 1.0
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        wm = theta[: d * n_classes].reshape(d, n_classes)
+        b = theta[d * n_classes :]
+        logits = z @ wm + b
+        lse = special.logsumexp(logits, axis=1)
+        val = c * float(w @ (lse - (target * logits).sum(axis=1))) + 0.5 * float((wm * wm).sum())
+        p = (np.exp(logits - lse[:, None]) - target) * w[:, None]
+        return val, np.concatenate([(c * (z.T @ p) + wm).ravel(), c * p.sum(axis=0)])
+
+    res = optimize.minimize(
+        loss,
+        np.zeros(d * n_classes + n_classes),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": iterations},
+    )
+    return res.x[: d * n_classes].reshape(d, n_classes), res.x[d * n_classes :]
+
+
+def _balanced_weights(y: np.ndarray, studies: np.ndarray) -> np.ndarray:
+    keys = [f"{s}\t{v}" for s, v in zip(studies, y, strict=True)]
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    w = np.array([1.0 / counts[k] for k in keys])
+    # each class then weighs the same in total
+    per_class: dict[int, float] = {}
+    for v, wi in zip(y, w, strict=True):
+        per_class[int(v)] = per_class.get(int(v), 0.0) + wi
+    w = np.array([wi / per_class[int(v)] for v, wi in zip(y, w, strict=True)])
+    return w * len(w) / w.sum()
+
+
+def _top_genes(
+    y: np.ndarray, labels: np.ndarray, w: np.ndarray, candidates: np.ndarray, k: int
+) -> np.ndarray:
+    """The ``k`` candidate genes with the largest weighted between/within-class F ratio."""
+    x = y[:, candidates]
+    total = np.average(x, axis=0, weights=w)
+    between = np.zeros(x.shape[1])
+    within = np.zeros(x.shape[1])
+    for v in np.unique(labels):
+        sel = labels == v
+        wv = w[sel]
+        mv = np.average(x[sel], axis=0, weights=wv)
+        between += wv.sum() * (mv - total) ** 2
+        within += (wv[:, None] * (x[sel] - mv) ** 2).sum(axis=0)
+    f = between / np.maximum(within, 1e-9)
+    return np.sort(candidates[np.argsort(-f, kind="stable")[:k]])
+
+
+# -------------------------------------------------------------------------- the fit
+
+
+def fit_model(
+    counts: sp.spmatrix,
+    records: Sequence[dict[str, str]],
+    studies: Sequence[str],
+    study_masks: dict[str, np.ndarray],
+    vocab: Vocabulary,
+    config: ModelConfig,
+    *,
+    gene_index: Callable[[str], int | None],
+    match_groups: Sequence[str] | None = None,
+    seed: int = 0,
+    store_samples: bool = True,
+    log: Log = _quiet,
+) -> GEMModel:
+    """Fit every component of the model (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    c = _Corpus(counts, records, studies, study_masks, match_groups)
+    ref = _reference_fraction(c)
+    y = _log_expression(c, ref)
+    gmean, gvar, gn = _gene_moments(c, y)
+    common = gn >= 0.5 * c.n
+    k_hvg = min(config.n_top_genes, int(common.sum()))
+    hvg = np.sort(np.flatnonzero(common)[np.argsort(-gvar[common], kind="stable")[:k_hvg]])
+    log(f"  {c.n:,} samples, {len(set(c.studies))} studies, {k_hvg} variable genes")
+
+    # ---- perturbation units
+    contexts, ctx_mean, ctx_mask, units, effects, emasks, unit_of_sample = _units(c, y)
+    sim = _context_similarity(ctx_mean, ctx_mask, hvg)
+    width, kernel_scores = _choose_kernel(units, effects, emasks, sim, log)
+    type_effect, type_shrink, on_target = _type_statistics(units, effects, emasks, gene_index)
+    combo = _combination_scale(units, effects, emasks)
+    log(f"  {len(units)} perturbation units in {len(contexts)} contexts; combination x{combo:.2f}")
+
+    # ---- prior mean: group means of control-adjusted samples
+    adj_records = []
+    for i, r in enumerate(c.records):
+        adj_records.append(without_perturbation(r) if unit_of_sample[i] >= 0 else dict(r))
+    group_key = [
+        c.studies[i] + "\t" + "\t".join(f"{k}={v}" for k, v in sorted(r.items()))
+        for i, r in enumerate(adj_records)
+    ]
+    keys = sorted(set(group_key))
+    gidx = {k: j for j, k in enumerate(keys)}
+    member = np.array([gidx[k] for k in group_key])
+    m = len(keys)
+    ind = sp.csr_matrix((np.ones(c.n), (member, np.arange(c.n))), shape=(m, c.n))
+    sizes = np.asarray(ind.sum(axis=1)).ravel()
+    sums = np.asarray((ind @ y).todense())
+    if len(units):
+        shift = np.zeros((c.n, c.g))
+        has = unit_of_sample >= 0
+        shift_rows = np.flatnonzero(has)
+        adj = sp.csr_matrix(
+            (np.ones(len(shift_rows)), (member[shift_rows], unit_of_sample[shift_rows])),
+            shape=(m, len(units)),
+        )
+        sums -= adj @ effects
+        del shift
+    gmeans = sums / sizes[:, None]
+    first = np.array([np.flatnonzero(member == j)[0] for j in range(m)])
+    gmask = c.mask_rows[first]
+    group_records = [adj_records[i] for i in first]
+    columns, scale = _design(group_records, vocab, config)
+    model = _skeleton(config, vocab, ref, hvg, columns, scale, c.g)
+    phi = model.feature_rows(group_records)
+    target = np.where(gmask, gmeans, gmean[None, :])
+    for _ in range(max(1, config.imputation_rounds)):
+        intercept, coef = _ridge(phi, target, sizes.astype(np.float64))
+        fitted = intercept[None, :] + phi @ coef
+        target = np.where(gmask, gmeans, fitted)
+    u, s, vt = np.linalg.svd(coef, full_matrices=False)
+    r = int(min(config.mean_rank, len(s)))
+    energy = float((s[:r] ** 2).sum() / max((s**2).sum(), 1e-12))
+    model.gene_mean = intercept
+    model.coef_u = u[:, :r] * s[:r]
+    model.coef_v = vt[:r]
+    log(f"  prior mean: {m} condition groups, {len(columns)} features, rank {r} ({energy:.4f})")
+
+    # ---- variation: within-condition residuals (biological), study effects (technical)
+    multi = np.flatnonzero(sizes[member] >= 2)
+    if len(multi) > config.max_residual_rows:
+        multi = np.sort(rng.choice(multi, config.max_residual_rows, replace=False))
+    if len(multi) >= 3:
+        rows_y = np.asarray(y[multi].todense())
+        if len(units):
+            sel = unit_of_sample[multi] >= 0
+            rows_y[sel] -= effects[unit_of_sample[multi][sel]]
+        resid = np.where(c.mask_rows[multi], rows_y - gmeans[member[multi]], 0.0)
+        dof = max(len(multi) - len(set(member[multi])), 1)
+        _, sv, vt_r = np.linalg.svd(resid, full_matrices=False)
+        k = int(min(config.latent_biological, len(sv)))
+        model.w_bio = vt_r[:k] * (sv[:k] / math.sqrt(dof))[:, None]
+        counted = np.maximum(c.mask_rows[multi].sum(axis=0), 1)
+        var = (resid**2).sum(axis=0) / np.maximum(counted * dof / len(multi), 1)
+        model.noise_sd = np.sqrt(np.maximum(var - (model.w_bio**2).sum(axis=0), 0.0))
+    else:
+        model.w_bio = np.zeros((0, c.g))
+        model.noise_sd = np.zeros(c.g)
+    study_cols = [j for j, (kind, name) in enumerate(columns) if name.startswith("study=")]
+    if len(study_cols) >= 2:
+        eff = (scale[study_cols, None] * coef[study_cols]) if study_cols else np.zeros((0, c.g))
+        eff = eff - eff.mean(axis=0)
+        _, st, vt_t = np.linalg.svd(eff, full_matrices=False)
+        k = int(min(config.latent_technical, len(st)))
+        model.w_tech = vt_t[:k] * (st[:k] / math.sqrt(len(study_cols)))[:, None]
+    else:
+        model.w_tech = np.zeros((0, c.g))
+    if len(units):
+        _, sp_, vt_p = np.linalg.svd(effects, full_matrices=False)
+        k = int(min(config.latent_perturbation, len(sp_)))
+        model.w_pert = vt_p[:k]
+    else:
+        model.w_pert = np.zeros((0, c.g))
+
+    # ---- perturbation components into the model
+    model.contexts = contexts
+    model.context_mean = ctx_mean
+    model.context_mask = ctx_mask
+    model.units = units
+    model.unit_effect = effects.astype(np.float32)
+    model.unit_mask = emasks
+    model.kernel_width = width
+    model.combination_scale = combo
+    model.type_effect = type_effect
+    model.type_shrink = type_shrink
+    model.on_target = on_target
+
+    # ---- metadata heads
+    _fit_classifiers(model, c, y, gmean, hvg, rng, log)
+
+    # ---- stored samples
+    if store_samples:
+        uniq: dict[str, int] = {}
+        rec_index = np.zeros(c.n, dtype=np.int64)
+        for i, r in enumerate(adj_records):
+            key = "\t".join(f"{k}={v}" for k, v in sorted(r.items()))
+            rec_index[i] = uniq.setdefault(key, len(uniq))
+        order = sorted(uniq, key=uniq.get)  # type: ignore[arg-type]
+        recs = [dict(kv.split("=", 1) for kv in k.split("\t") if kv) for k in order]
+        model.sample_records = recs
+        model.sample_record_index = rec_index
+        zb = np.zeros((c.n, model.w_bio.shape[0]), dtype=np.float32)
+        zt = np.zeros((c.n, model.w_tech.shape[0]), dtype=np.float32)
+        prior = model.prior_mean(recs)
+        for start in range(0, c.n, 2048):
+            rows = np.arange(start, min(c.n, start + 2048))
+            block = np.asarray(y[rows].todense())
+            if len(units):
+                sel = unit_of_sample[rows] >= 0
+                block[sel] -= effects[unit_of_sample[rows][sel]]
+            resid = np.where(c.mask_rows[rows], block - prior[rec_index[rows]], 0.0)
+            zt[rows] = model.project(resid, model.w_tech)
+            zb[rows] = model.project(resid - zt[rows] @ model.w_tech, model.w_bio)
+        model.sample_z_bio = zb
+        model.sample_z_tech = zt
+    model.facts = {
+        "kernel_cv": kernel_scores,
+        "n_units": len(units),
+        "n_contexts": len(contexts),
+        "prior_mean_rank_energy": round(energy, 6),
+        "context_fields": list(CONTEXT_FIELDS),
+    }
+    model.__post_init__()
+    return model
+
+
+def _skeleton(
+    config: ModelConfig,
+    vocab: Vocabulary,
+    ref: np.ndarray,
+    hvg: np.ndarray,
+    columns: list[tuple[str, str]],
+    scale: np.ndarray,
+    g: int,
+) -> GEMModel:
+    z = np.zeros((0, g))
+    return GEMModel(
+        config=config, vocab=vocab, ref_fraction=ref, hvg=hvg, columns=columns,
+        column_scale=scale, gene_mean=np.zeros(g), coef_u=np.zeros((len(columns), 0)),
+        coef_v=np.zeros((0, g)), w_bio=z, w_tech=z, noise_sd=np.zeros(g), w_pert=z,
+        contexts=[], context_mean=z, context_mask=np.zeros((0, g), bool), units=[],
+        unit_effect=z.astype(np.float32), unit_mask=np.zeros((0, g), bool),
+        kernel_width=math.inf, combination_scale=1.0, type_effect={}, type_shrink={},
+        on_target={}, pca_center=np.zeros(len(hvg)), pca_components=np.zeros((0, len(hvg))),
+        score_std=np.ones(0), classifiers={},
+    )  # fmt: skip
+
+
+def _fit_classifiers(
+    model: GEMModel,
+    c: _Corpus,
+    y: sp.csr_matrix,
+    gmean: np.ndarray,
+    hvg: np.ndarray,
+    rng: np.random.Generator,
+    log: Log,
+) -> None:
+    cfg = model.config
+    yh = np.asarray(y[:, hvg].todense())
+    mh = c.mask_rows[:, hvg]
+    center = gmean[hvg]
+    xh = np.where(mh, yh, center[None, :]) - center[None, :]
+    k = int(min(cfg.n_components, xh.shape[0] - 1, xh.shape[1]))
+    cov = xh.T @ xh / max(len(xh) - 1, 1)
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(-evals)[:k]
+    comps = evecs[:, order].T
+    # a fixed sign per component (eigh leaves it free)
+    comps *= np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])[:, None]
+    scores = xh @ comps.T
+    sd = scores.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    model.pca_center = center
+    model.pca_components = comps
+    model.score_std = sd
+    z_pca = scores / sd
+    common = np.flatnonzero(c.mask_rows.mean(axis=0) >= 0.5)
+    classifiers: dict[str, Classifier] = {}
+    for name, fv in model.vocab.fields.items():
+        if name in _NOT_PREDICTED or len(fv.classes) < 2 or name.startswith("perturbation_dose"):
+            continue
+        pos = {v: i for i, v in enumerate(fv.classes)}
+        labels = np.array([pos.get(r.get(name, ""), -1) for r in c.records])
+        rows = np.flatnonzero(labels >= 0)
+        if len(rows) < 4 or len(set(labels[rows])) < 2:
+            continue
+        w = _balanced_weights(labels[rows], c.studies[rows])
+        sub = rows
+        if len(sub) > 20000:
+            sub = np.sort(rng.choice(rows, 20000, replace=False))
+        ysub = np.asarray(y[sub][:, common].todense())
+        genes = _top_genes(
+            np.where(c.mask_rows[sub][:, common], ysub, gmean[common]),
+            labels[sub],
+            _balanced_weights(labels[sub], c.studies[sub]),
+            np.arange(len(common)),
+            cfg.n_field_genes,
+        )
+        genes = common[genes]
+        yg = np.asarray(y[rows][:, genes].todense())
+        yg = np.where(c.mask_rows[rows][:, genes], yg, gmean[genes])
+        gm = yg.mean(axis=0)
+        gs = yg.std(axis=0)
+        gs = np.where(gs > 1e-6, gs, 1.0)
+        feats = np.concatenate([z_pca[rows], (yg - gm) / gs], axis=1)
+        weight, bias = _fit_softmax(
+            feats, labels[rows], w, len(fv.classes), cfg.classifier_c, cfg.classifier_iterations
+        )
+        temperature = _temperature(feats, labels[rows], c.studies[rows], len(fv.classes), cfg, rng)
+        classifiers[name] = Classifier(list(fv.classes), genes, gm, gs, weight, bias, temperature)
+    model.classifiers = classifiers
+    log(f"  metadata heads: {', '.join(sorted(classifiers))}")
+
+
+def _temperature(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    studies: np.ndarray,
+    n_classes: int,
+    cfg: ModelConfig,
+    rng: np.random.Generator,
+) -> float:
+    """Softmax temperature minimising the NLL of held-out studies (3 study folds)."""
+    uniq = sorted(set(studies.tolist()))
+    if len(uniq) < 3:
+        return 1.0
+    folds = np.array_split(rng.permutation(uniq), 3)
+    logits, truth = [], []
+    for fold in folds:
+        test = np.isin(studies, fold)
+        train = ~test
+        if len(set(labels[train])) < 2:
+            continue
+        cap = np.flatnonzero(train)
+        if len(cap) > 5000:
+            cap = np.sort(rng.choice(cap, 5000, replace=False))
+        w = _balanced_weights(labels[cap], studies[cap])
+        wm, b = _fit_softmax(feats[cap], labels[cap], w, n_classes, cfg.classifier_c, 100)
+        seen = test & np.isin(labels, labels[cap])
+        if seen.any():
+            logits.append(feats[seen] @ wm + b)
+            truth.append(labels[seen])
+    if not logits:
+        return 1.0
+    z = np.concatenate(logits)
+    t_true = np.concatenate(truth)
+    best, best_nll = 1.0, np.inf
+    for t in np.exp(np.linspace(np.log(0.5), np.log(20.0), 25)):
+        lz = z / t
+        nll = float(np.mean(special.logsumexp(lz, axis=1) - lz[np.arange(len(lz)), t_true]))
+        if nll < best_nll:
+            best, best_nll = float(t), nll
+    return best
+
+
+__all__ = ["Perturbation", "fit_model"]

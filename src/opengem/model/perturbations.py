@@ -1,0 +1,98 @@
+"""Perturbations as data: parsing a record's perturbations, keys, contexts.
+
+A sample may carry several perturbations (Norman CRISPRa pairs, a drug plus a
+cytokine). In corpus ``obs`` and in normalised query metadata the four
+perturbation fields then hold the components joined by :data:`SEP`, in aligned
+order (``"ENSG…|ENSG…"`` with ``"overexpression|overexpression"``); a single
+perturbation is the plain value. ``control`` (or no type) means unperturbed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from opengem.contract import FIELDS, LatentGroup, parse_quantity
+from opengem.contract.fields import GENE_TARGETING_TYPES, PERTURBATION_FIELDS
+
+SEP = "|"
+CONTROL_TYPES = ("", "control")
+#: biological fields that define a context (everything biological except age)
+CONTEXT_FIELDS: tuple[str, ...] = tuple(
+    n for n, f in FIELDS.items() if f.group is LatentGroup.BIOLOGICAL and n != "age_years"
+)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One perturbation of a sample: id, type, dose (base units) and time (hours)."""
+
+    id: str
+    type: str
+    dose: float | None = None
+    dose_unit: str = ""
+    time: float | None = None
+
+    @property
+    def key(self) -> str:
+        """What the perturbation *is* (dose and time are coordinates, not identity)."""
+        return f"{self.type}:{self.id}"
+
+    @property
+    def targets_gene(self) -> bool:
+        return self.type in GENE_TARGETING_TYPES
+
+    @property
+    def log_dose(self) -> float | None:
+        return None if self.dose is None or self.dose <= 0 else math.log10(self.dose)
+
+
+def _split(value: str | None, n: int) -> list[str]:
+    parts = (value or "").split(SEP)
+    if len(parts) == 1 and n > 1:
+        parts = parts * n  # one dose/time for every component
+    return [p.strip() for p in parts] + [""] * (n - len(parts))
+
+
+def _quantity(text: str, kind: str) -> tuple[float | None, str]:
+    if not text:
+        return None, ""
+    q = parse_quantity(text, kind)
+    return q.to_base(), q.dimension
+
+
+def perturbations_of(record: Mapping[str, str]) -> tuple[Perturbation, ...]:
+    """The perturbations of a metadata record (empty for a control / unperturbed sample)."""
+    ids = [p.strip() for p in (record.get("perturbation_ontology_id") or "").split(SEP)]
+    n = len(ids)
+    types = _split(record.get("perturbation_type"), n)
+    doses = _split(record.get("perturbation_dose"), n)
+    times = _split(record.get("perturbation_time"), n)
+    out = []
+    for pid, ptype, dose, time in zip(ids, types, doses, times, strict=True):
+        if ptype in CONTROL_TYPES and not pid:
+            continue
+        if ptype == "control":
+            continue
+        d, unit = _quantity(dose, "dose")
+        t, _ = _quantity(time, "time")
+        out.append(Perturbation(pid, ptype, d, unit, t))
+    return tuple(out)
+
+
+def combination_key(perts: Sequence[Perturbation]) -> str:
+    """Order-free key of a combination (a single perturbation's key when alone)."""
+    return "+".join(sorted(p.key for p in perts))
+
+
+def context_key(record: Mapping[str, str]) -> str:
+    """The biological context of a record: its study and biological fields."""
+    parts = [record.get("study", "")]
+    parts += [f"{f}={record.get(f, '')}" for f in CONTEXT_FIELDS if record.get(f)]
+    return ";".join(parts)
+
+
+def without_perturbation(record: Mapping[str, str]) -> dict[str, str]:
+    """A copy of a record with its perturbation fields removed (its control)."""
+    return {k: v for k, v in record.items() if k not in PERTURBATION_FIELDS}
