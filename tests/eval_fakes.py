@@ -34,8 +34,7 @@ class FakeModel:
         counts = view.counts(rows)
         self.by_counts = {view.counts([r])[0].astype(np.int64).tobytes(): int(r) for r in rows}
         self.by_counts |= {
-            view.counts([r])[0].astype(np.int64).tobytes(): int(r)
-            for r in range(view.obs.shape[0])
+            view.counts([r])[0].astype(np.int64).tobytes(): int(r) for r in range(view.obs.shape[0])
         }
         self.mean_profile = counts.mean(axis=0)
         self.classes: dict[str, list[str]] = {}
@@ -102,7 +101,12 @@ class AdditiveModel(FakeModel):
         genes = self.view.genes_of(cell.study)
         refs = self.view.lcpm([row], cell.study)
         x = BaselineInput(
-            self.view, unit_of(cell), refs, genes, target_genes(cell.perturbation, genes), self.table
+            self.view,
+            unit_of(cell),
+            refs,
+            genes,
+            target_genes(cell.perturbation, genes),
+            self.table,
         )
         pred, _ = self.baseline(x)
         if pred is None:

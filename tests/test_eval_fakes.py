@@ -41,9 +41,7 @@ def quiet(_: str) -> None:
 
 
 def run(protocol: str, corpus: anndata.AnnData, out: Path, model: type[FakeModel]) -> dict:
-    return run_protocol(
-        protocol, corpus, out, trainer=fake_trainer(model), log=quiet, report=False
-    )
+    return run_protocol(protocol, corpus, out, trainer=fake_trainer(model), log=quiet, report=False)
 
 
 def test_unchanged_reference_has_no_effect(corpus: anndata.AnnData, tmp_path: Path) -> None:
@@ -112,16 +110,15 @@ def test_fit_and_held_out_perturbation_units(corpus: anndata.AnnData, tmp_path: 
     hop = run("held-out-perturbation", corpus, tmp_path / "hop", FakeModel)
     # shRNA has three targets (a type with >= 2 perturbations); the compound is alone
     assert hop["perturbations_by_type"] == {
-        "shrna": sorted({f"shrna:{u['perturbation']['perturbation_ontology_id']}"
-                         for u in hop["units"]})
+        "shrna": sorted(
+            {f"shrna:{u['perturbation']['perturbation_ontology_id']}" for u in hop["units"]}
+        )
     }
     assert {"type_mean", "on_target_only"} <= set(hop["summary"]["baselines"])
     assert all("on_target_error" in u["model"] for u in hop["units"])
     # the compound is in every study (and one shRNA target in two): each study's units
     # see the perturbation only in the other studies
-    cross = run(
-        "held-out-study-perturbation", corpus, tmp_path / "cross", CrossStudyAdditiveModel
-    )
+    cross = run("held-out-study-perturbation", corpus, tmp_path / "cross", CrossStudyAdditiveModel)
     assert cross["n_trainings"] == 4 and len(cross["units"]) == 8 + 4
     for unit in cross["units"]:
         compound = unit["perturbation"]["perturbation_type"] == "compound"

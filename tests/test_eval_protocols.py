@@ -1,7 +1,8 @@
-"""The evaluation protocols end to end (``--fast``), their baselines and report files.
+"""The evaluation protocols end to end with real (``--fast``) trainings, and their pieces.
 
 Synthetic corpus: a compound in 2 tissues x 4 studies (and one shRNA target per
-study), so every study is a held-out-context experiment with two contexts.
+study), so every study is a held-out-context experiment with two contexts. Tests
+with fake models (no training) are in ``test_eval_fakes.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typer.testing import CliRunner
 from opengem.cli import app
 from opengem.corpus.synthetic import synthetic_corpus
 from opengem.eval import baselines as bl
-from opengem.eval.experiments import find_experiments
-from opengem.eval.protocols import run_protocol, summarise, verdicts
-from opengem.eval.runner import CorpusView, EvalError, fast_rows
+from opengem.eval.corpus import CorpusView, EvalError, fast_rows
+from opengem.eval.protocols.held_out_context import experiments_of
+from opengem.eval.results import UnitResult, summarise, verdicts
+from opengem.eval.run import run_protocol
+from opengem.eval.units import perturbation_cells
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,8 @@ def check_metrics(out: Path, protocol: str, baselines: set[str]) -> dict[str, An
     assert timings["total_seconds"] > 0 and len(timings["training_seconds"]) == len(
         metrics["trainings"]
     )
+    for training in metrics["trainings"]:
+        assert training["budget"] and training["truncated"] is False
     html = (out / "report.html").read_text()
     pngs = sorted(out.glob("*.png"))
     assert (out / "pca.png") in pngs and (out / "gene_mean_sd.png") in pngs
@@ -92,8 +97,9 @@ def test_held_out_context_cli(corpus_file: Path, tmp_path: Path) -> None:
     assert (out / "logfc.png").is_file()
     units = metrics["units"]
     assert {u["rotation"] for u in units} == {0, 1}
-    compound = [u for u in units if "compound" in u["unit"]]
-    shrna = [u for u in units if "shrna" in u["unit"]]
+    compound = [u for u in units if u["perturbation"]["perturbation_type"] == "compound"]
+    shrna = [u for u in units if u["perturbation"]["perturbation_type"] == "shrna"]
+    assert len(compound) == len(shrna) == 8
     # the planted compound effect is the same in every context: the additive shift finds it
     for u in compound:
         assert u["baselines"]["additive_shift"]["pearson_delta_top100"] > 0.8
@@ -101,27 +107,37 @@ def test_held_out_context_cli(corpus_file: Path, tmp_path: Path) -> None:
     # gene-targeting units report the error at the target gene
     assert all("on_target_error" in u["model"] for u in shrna)
     assert "on_target_error" not in compound[0]["model"]
+    # the counterfactual metrics and the "no perturbation sent" row are in every unit
+    for u in units:
+        assert "cf_pearson_delta_top100" in u["model"]
+        assert "pearson_delta_top100" in u["diagnostics"]["no_perturbation_sent"]
+    assert "no_perturbation_sent" in metrics["summary"]["diagnostics"]
 
 
-def test_held_out_study_api(corpus_file: Path, tmp_path: Path) -> None:
-    lines: list[str] = []
-    metrics = run_protocol(
-        "held-out-study", corpus_file, tmp_path, fast=True, command="test", log=lines.append
-    )
-    check_metrics(tmp_path, "held-out-study", {"logistic_pca", "condition_mean"})
-    assert (tmp_path / "calibration.png").is_file()
-    assert metrics["n_trainings"] == 2  # 4 studies, 2 disjoint folds
-    assert sorted(s for f in metrics["folds"] for s in f) == [f"synthetic_{i}" for i in range(4)]
-    assert any("holding out" in line for line in lines)
-    for unit in metrics["units"]:
-        # tissue is always a training class; the held-out study never is
-        assert unit["scorable"]["tissue_ontology_id"] == unit["n_samples"]
-        assert unit["scorable"].get("study", 0) == 0
-        assert "tissue_ontology_id:accuracy" in unit["model"]
-        assert "tissue_ontology_id:accuracy" in unit["baselines"]["logistic_pca"]
-        assert "samplewise_pearson" in unit["baselines"]["condition_mean"]
-    # tissue programmes are strong: the PCA baseline recovers them
-    assert metrics["summary"]["baselines"]["logistic_pca"]["tissue_ontology_id:accuracy"] > 0.9
+def _without_timings(metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in metrics.items() if k not in ("timings", "command")}
+    return json.loads(json.dumps(out))
+
+
+def test_two_fast_runs_give_identical_metrics(corpus_file: Path, tmp_path: Path) -> None:
+    """Fixed budgets: the same command gives the same digits (timings aside)."""
+    runs = [
+        run_protocol(
+            "held-out-study",
+            corpus_file,
+            tmp_path / f"run{i}",
+            fast=True,
+            studies=["synthetic_1"],
+            log=lambda s: None,
+        )
+        for i in range(2)
+    ]
+    check_metrics(tmp_path / "run0", "held-out-study", {"logistic_pca", "condition_mean"})
+    assert runs[0]["n_trainings"] == 1 and runs[0]["trainings"][0]["budget"]
+    assert _without_timings(runs[0]) == _without_timings(runs[1])
+    unit = runs[0]["units"][0]
+    assert unit["metadata"]["scored"]["tissue_ontology_id"] == unit["n_samples"]
+    assert "diversity" in unit["model"] and "tissue_ontology_id:accuracy_exact" in unit["model"]
 
 
 def test_seen_condition_api(corpus_file: Path, tmp_path: Path) -> None:
@@ -139,9 +155,11 @@ def test_seen_condition_api(corpus_file: Path, tmp_path: Path) -> None:
 
 def test_study_selection_and_errors(corpus_file: Path, tmp_path: Path) -> None:
     with pytest.raises(EvalError, match="not in the corpus"):
-        run_protocol("seen-condition", corpus_file, tmp_path, studies=["nope"], log=print)
+        run_protocol("seen-condition", corpus_file, tmp_path / "a", studies=["nope"], log=print)
     with pytest.raises(EvalError, match="unknown protocol"):
-        run_protocol("cross-validation", corpus_file, tmp_path, log=print)
+        run_protocol("cross-validation", corpus_file, tmp_path / "b", log=print)
+    # a failed run leaves no output folder behind
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     result = CliRunner().invoke(
         app,
         [
@@ -151,30 +169,52 @@ def test_study_selection_and_errors(corpus_file: Path, tmp_path: Path) -> None:
             "--corpus",
             str(tmp_path / "missing.h5ad"),
             "--out",
-            str(tmp_path),
+            str(tmp_path / "c"),
         ],
     )
     assert result.exit_code == 2 and "does not exist" in result.output
+    assert not (tmp_path / "c").exists()
+    result = CliRunner().invoke(app, ["eval", "--corpus", "x", "--out", "y"])
+    assert result.exit_code == 2 and "--protocol NAME or --all" in result.output
 
 
 # --------------------------------------------------------------------------- pieces
 
 
-def test_experiments_of_synthetic_corpus(corpus_file: Path) -> None:
+def test_cells_and_experiments_of_synthetic_corpus(corpus_file: Path) -> None:
     view = CorpusView.load(corpus_file)
-    experiments = find_experiments(view.obs)
-    assert len(experiments) == 8
-    for e in experiments:
-        assert [u.context for u in e.units] == ["UBERON:0002048", "UBERON:0002107"]
-        for u in e.units:
-            # references are controls of the same context; held-out rows are all perturbed
-            assert set(u.references) <= set(u.controls)
-            assert (view.text("perturbation_type").to_numpy()[u.held_out] != "control").all()
-            tissue = view.text("tissue_ontology_id").to_numpy()
-            assert (tissue[u.perturbed] == u.context).all() and (
-                tissue[u.controls] == u.context
-            ).all()
-    assert find_experiments(view.obs, studies=["synthetic_2"])[0].study == "synthetic_2"
+    cells = perturbation_cells(view)
+    experiments = experiments_of(cells)
+    assert len(cells) == 16 and len(experiments) == 8
+    tissue = view.values("tissue_ontology_id")
+    for cs in experiments.values():
+        assert [c.context for c in cs] == ["UBERON:0002048", "UBERON:0002107"]
+        for c in cs:
+            # controls of the same context; held-out rows are all perturbed
+            assert (view.values("perturbation_type")[c.held_out] != "control").all()
+            assert (tissue[c.perturbed] == c.context).all()
+            assert (tissue[c.controls] == c.context).all()
+    assert {c.study for c in perturbation_cells(view, ["synthetic_2"])} == {"synthetic_2"}
+
+
+def test_match_group_pairs_samples(corpus_file: Path) -> None:
+    """A declared match_group splits a study's contexts: matched samples only."""
+    import anndata
+
+    adata = anndata.read_h5ad(corpus_file)
+    obs = adata.obs.copy()
+    obs["match_group"] = ""
+    first = (obs["study"] == "synthetic_1").to_numpy()
+    obs.loc[first, "match_group"] = [f"g{i % 2}" for i in range(int(first.sum()))]
+    adata.obs = obs
+    view = CorpusView(adata)
+    cells = [c for c in perturbation_cells(view) if c.study == "synthetic_1"]
+    # 2 tissues x 2 match groups, compound and shRNA each
+    assert len(cells) == 8
+    groups = view.values("match_group")
+    for c in cells:
+        assert len(set(groups[c.perturbed])) == 1
+        assert set(groups[c.controls]) == set(groups[c.perturbed])
 
 
 def test_fast_rows_keeps_focus_studies_first(corpus_file: Path) -> None:
@@ -231,20 +271,26 @@ def test_logistic_pca_separates_classes() -> None:
 
 def test_summary_and_verdicts_directions() -> None:
     units = [
-        {
-            "model": {"r2_all": 0.9, "energy_distance": 2.0, "classifier_auc": 0.55},
-            "baselines": {
+        UnitResult(
+            "u1",
+            "s",
+            3,
+            model={"r2_all": 0.9, "energy_distance": 2.0, "classifier_auc": 0.55},
+            baselines={
                 "a": {"r2_all": 0.8, "energy_distance": 1.0, "classifier_auc": 0.9},
                 "b": {"r2_all": 1.0, "energy_distance": 3.0, "classifier_auc": 0.7},
             },
-        },
-        {
-            "model": {"r2_all": 0.7, "energy_distance": 2.0, "classifier_auc": float("nan")},
-            "baselines": {
+        ),
+        UnitResult(
+            "u2",
+            "s",
+            3,
+            model={"r2_all": 0.7, "energy_distance": 2.0, "classifier_auc": float("nan")},
+            baselines={
                 "a": {"r2_all": 0.6, "energy_distance": 1.0, "classifier_auc": 0.9},
                 "b": {"r2_all": 0.65, "energy_distance": 3.0, "classifier_auc": 0.7},
             },
-        },
+        ),
     ]
     summary = summarise(units)
     assert summary["n_units"] == 2
@@ -255,6 +301,8 @@ def test_summary_and_verdicts_directions() -> None:
     assert "better on 1 of 2 units" in text["r2_all"]
     assert "loses to the strongest baseline, a" in text["energy_distance"]  # lower is better
     assert "beats the strongest baseline, b" in text["classifier_auc"]  # closest to 0.5
+    assert summary["n_defined"]["classifier_auc"] == 1
+    assert math.isclose(summary["median"]["model"]["r2_all"], 0.8)
 
 
 # --------------------------------------------------------------------------- real corpus
@@ -270,6 +318,7 @@ def test_summary_and_verdicts_directions() -> None:
             {"no_change", "additive_shift", "train_mean"},
         ),
         ("held-out-study", "gse147507_covid_lung", {"logistic_pca", "condition_mean"}),
+        ("fit", "gse89888_t47d_e2", {"no_change", "additive_in_sample"}),
         ("seen-condition", "airway", {"condition_mean"}),
     ],
 )

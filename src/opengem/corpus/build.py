@@ -433,18 +433,23 @@ def _sex_section(results: list[StudyResult]) -> list[str]:
     if conflicts:
         lines += ["", "Sheet sex contradicting the table (the sheet's value is kept):", ""]
         lines += [f"- {s}: {c} sheet {v[0]} ({v[1]:,} samples)" for s, c, v in conflicts]
-    missing = sorted(
-        {
-            c
-            for r in results
-            for c in set(r.obs["cell_line_ontology_id"]) - {""}
-            if cell_line_sex(c) is None
-        }
-    )
-    if missing:
+    named = sorted({c for r in results for c in set(r.obs["cell_line_ontology_id"]) - {""}})
+    unknown = [c for c in named if c in table and cell_line_sex(c) is None]
+    if unknown:
         lines += [
             "",
-            f"Cell lines without a sex in the table ({len(missing)}; sex comes from the sheet "
-            "or stays unknown): " + ", ".join(missing),
+            "In the table without a verified sex (left unknown unless the sheet says): "
+            + ", ".join(f"{c} ({table[c].name})" for c in unknown),
+        ]
+    absent = [c for c in named if c not in table]
+    if absent:
+        obs = pd.concat([r.obs for r in results])
+        rows = obs[obs["cell_line_ontology_id"].isin(absent)]
+        lines += [
+            "",
+            f"Not in the table: {len(absent)} cell lines ({len(rows):,} samples, "
+            f"{int((rows['sex'] != '').sum()):,} with a sex from their sheet; e.g. "
+            + ", ".join(absent[:3])
+            + ")",
         ]
     return [*lines, ""]

@@ -49,6 +49,11 @@ FAST_PRESET: dict[str, dict[str, Any]] = {
         "prior_hidden": 16,
         "dropout": 0.0,
         "n_components": 16,
+        "mean_rank": 32,
+        "n_top_genes": 500,
+        "classifier_iterations": 100,
+        "max_residual_rows": 500,
+        "imputation_rounds": 1,
     },
     "training": {
         "max_epochs": 8,

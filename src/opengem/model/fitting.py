@@ -88,7 +88,16 @@ class _Corpus:
         self.match = np.asarray(match_groups if match_groups is not None else [""] * len(records))
         self.n, self.g = self.x.shape
         self.library = np.asarray(self.x.sum(axis=1)).ravel()
-        self.mask_rows = np.stack([study_masks[s] for s in self.studies])  # (n, G) bool
+        names = sorted(set(self.studies.tolist()))
+        self.study_index = np.array([names.index(s) for s in self.studies])
+        self.mask_matrix = np.stack([study_masks[s] for s in names])  # (studies, G) bool
+        # share of studies measuring each gene (each study counts once)
+        self.study_coverage = self.mask_matrix.mean(axis=0)
+
+    def masks(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        """(len(rows), G or len(cols)) bool: the genes each row's study measured."""
+        m = self.mask_matrix if cols is None else self.mask_matrix[:, cols]
+        return m[self.study_index[rows]]
 
 
 def _reference_fraction(c: _Corpus) -> np.ndarray:
@@ -362,6 +371,20 @@ def _design(
     return columns, np.array(scale)
 
 
+def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` singular values and right singular vectors of a wide matrix (via its Gram)."""
+    gram = x @ x.T
+    evals, evecs = np.linalg.eigh(gram)
+    order = np.argsort(-evals)[: max(0, min(k, len(evals)))]
+    sv = np.sqrt(np.maximum(evals[order], 0.0))
+    keep = sv > 1e-9 * max(float(sv.max()) if len(sv) else 0.0, 1e-300)
+    sv, vecs = sv[keep], evecs[:, order][:, keep]
+    vt = (vecs.T @ x) / sv[:, None]
+    # a fixed sign per component (eigh leaves it free)
+    vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
+    return sv, vt
+
+
 def _ridge(phi: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted ridge with unpenalised intercept (features pre-scaled; penalty 1)."""
     wn = w / w.sum()
@@ -457,8 +480,8 @@ def fit_model(
     c = _Corpus(counts, records, studies, study_masks, match_groups)
     ref = _reference_fraction(c)
     y = _log_expression(c, ref)
-    gmean, gvar, gn = _gene_moments(c, y)
-    common = gn >= 0.5 * c.n
+    gmean, gvar, _ = _gene_moments(c, y)
+    common = c.study_coverage >= 0.5
     k_hvg = min(config.n_top_genes, int(common.sum()))
     hvg = np.sort(np.flatnonzero(common)[np.argsort(-gvar[common], kind="stable")[:k_hvg]])
     log(f"  {c.n:,} samples, {len(set(c.studies))} studies, {k_hvg} variable genes")
@@ -498,7 +521,7 @@ def fit_model(
         del shift
     gmeans = sums / sizes[:, None]
     first = np.array([np.flatnonzero(member == j)[0] for j in range(m)])
-    gmask = c.mask_rows[first]
+    gmask = c.masks(first)
     group_records = [adj_records[i] for i in first]
     columns, scale = _design(group_records, vocab, config)
     model = _skeleton(config, vocab, ref, hvg, columns, scale, c.g)
@@ -508,12 +531,12 @@ def fit_model(
         intercept, coef = _ridge(phi, target, sizes.astype(np.float64))
         fitted = intercept[None, :] + phi @ coef
         target = np.where(gmask, gmeans, fitted)
-    u, s, vt = np.linalg.svd(coef, full_matrices=False)
-    r = int(min(config.mean_rank, len(s)))
-    energy = float((s[:r] ** 2).sum() / max((s**2).sum(), 1e-12))
+    sv, vt = _top_components(coef, config.mean_rank)
+    r = len(sv)
+    energy = float((sv**2).sum() / max(float((coef**2).sum()), 1e-12))
     model.gene_mean = intercept
-    model.coef_u = u[:, :r] * s[:r]
-    model.coef_v = vt[:r]
+    model.coef_u = coef @ vt.T
+    model.coef_v = vt
     log(f"  prior mean: {m} condition groups, {len(columns)} features, rank {r} ({energy:.4f})")
 
     # ---- variation: within-condition residuals (biological), study effects (technical)
@@ -525,12 +548,12 @@ def fit_model(
         if len(units):
             sel = unit_of_sample[multi] >= 0
             rows_y[sel] -= effects[unit_of_sample[multi][sel]]
-        resid = np.where(c.mask_rows[multi], rows_y - gmeans[member[multi]], 0.0)
+        resid = np.where(c.masks(multi), rows_y - gmeans[member[multi]], 0.0)
         dof = max(len(multi) - len(set(member[multi])), 1)
-        _, sv, vt_r = np.linalg.svd(resid, full_matrices=False)
-        k = int(min(config.latent_biological, len(sv)))
-        model.w_bio = vt_r[:k] * (sv[:k] / math.sqrt(dof))[:, None]
-        counted = np.maximum(c.mask_rows[multi].sum(axis=0), 1)
+        sv, vt_r = _top_components(resid, config.latent_biological)
+        k = len(sv)
+        model.w_bio = vt_r * (sv / math.sqrt(dof))[:, None]
+        counted = np.maximum(c.masks(multi).sum(axis=0), 1)
         var = (resid**2).sum(axis=0) / np.maximum(counted * dof / len(multi), 1)
         model.noise_sd = np.sqrt(np.maximum(var - (model.w_bio**2).sum(axis=0), 0.0))
     else:
@@ -540,15 +563,12 @@ def fit_model(
     if len(study_cols) >= 2:
         eff = (scale[study_cols, None] * coef[study_cols]) if study_cols else np.zeros((0, c.g))
         eff = eff - eff.mean(axis=0)
-        _, st, vt_t = np.linalg.svd(eff, full_matrices=False)
-        k = int(min(config.latent_technical, len(st)))
-        model.w_tech = vt_t[:k] * (st[:k] / math.sqrt(len(study_cols)))[:, None]
+        st, vt_t = _top_components(eff, config.latent_technical)
+        model.w_tech = vt_t * (st / math.sqrt(len(study_cols)))[:, None]
     else:
         model.w_tech = np.zeros((0, c.g))
     if len(units):
-        _, sp_, vt_p = np.linalg.svd(effects, full_matrices=False)
-        k = int(min(config.latent_perturbation, len(sp_)))
-        model.w_pert = vt_p[:k]
+        _, model.w_pert = _top_components(effects, config.latent_perturbation)
     else:
         model.w_pert = np.zeros((0, c.g))
 
@@ -588,7 +608,7 @@ def fit_model(
             if len(units):
                 sel = unit_of_sample[rows] >= 0
                 block[sel] -= effects[unit_of_sample[rows][sel]]
-            resid = np.where(c.mask_rows[rows], block - prior[rec_index[rows]], 0.0)
+            resid = np.where(c.masks(rows), block - prior[rec_index[rows]], 0.0)
             zt[rows] = model.project(resid, model.w_tech)
             zb[rows] = model.project(resid - zt[rows] @ model.w_tech, model.w_bio)
         model.sample_z_bio = zb
@@ -637,7 +657,7 @@ def _fit_classifiers(
 ) -> None:
     cfg = model.config
     yh = np.asarray(y[:, hvg].todense())
-    mh = c.mask_rows[:, hvg]
+    mh = c.masks(np.arange(c.n), hvg)
     center = gmean[hvg]
     xh = np.where(mh, yh, center[None, :]) - center[None, :]
     k = int(min(cfg.n_components, xh.shape[0] - 1, xh.shape[1]))
@@ -654,7 +674,10 @@ def _fit_classifiers(
     model.pca_components = comps
     model.score_std = sd
     z_pca = scores / sd
-    common = np.flatnonzero(c.mask_rows.mean(axis=0) >= 0.5)
+    # candidate genes of the heads: the most variable of the genes most studies measured
+    cover = np.flatnonzero(c.study_coverage >= 0.5)
+    _, gvar, _ = _gene_moments(c, y)
+    common = np.sort(cover[np.argsort(-gvar[cover], kind="stable")[: 4 * len(hvg)]])
     classifiers: dict[str, Classifier] = {}
     for name, fv in model.vocab.fields.items():
         if name in _NOT_PREDICTED or len(fv.classes) < 2 or name.startswith("perturbation_dose"):
@@ -666,11 +689,11 @@ def _fit_classifiers(
             continue
         w = _balanced_weights(labels[rows], c.studies[rows])
         sub = rows
-        if len(sub) > 20000:
-            sub = np.sort(rng.choice(rows, 20000, replace=False))
+        if len(sub) > 5000:
+            sub = np.sort(rng.choice(rows, 5000, replace=False))
         ysub = np.asarray(y[sub][:, common].todense())
         genes = _top_genes(
-            np.where(c.mask_rows[sub][:, common], ysub, gmean[common]),
+            np.where(c.masks(sub, common), ysub, gmean[common]),
             labels[sub],
             _balanced_weights(labels[sub], c.studies[sub]),
             np.arange(len(common)),
@@ -678,13 +701,22 @@ def _fit_classifiers(
         )
         genes = common[genes]
         yg = np.asarray(y[rows][:, genes].todense())
-        yg = np.where(c.mask_rows[rows][:, genes], yg, gmean[genes])
+        yg = np.where(c.masks(rows, genes), yg, gmean[genes])
         gm = yg.mean(axis=0)
         gs = yg.std(axis=0)
         gs = np.where(gs > 1e-6, gs, 1.0)
         feats = np.concatenate([z_pca[rows], (yg - gm) / gs], axis=1)
+        fit_rows = np.arange(len(rows))
+        if len(rows) > 10000:  # a seeded subsample (the weights keep every study and class)
+            fit_rows = np.sort(rng.choice(len(rows), 10000, replace=False))
+            w = _balanced_weights(labels[rows][fit_rows], c.studies[rows][fit_rows])
         weight, bias = _fit_softmax(
-            feats, labels[rows], w, len(fv.classes), cfg.classifier_c, cfg.classifier_iterations
+            feats[fit_rows],
+            labels[rows][fit_rows],
+            w,
+            len(fv.classes),
+            cfg.classifier_c,
+            cfg.classifier_iterations,
         )
         temperature = _temperature(feats, labels[rows], c.studies[rows], len(fv.classes), cfg, rng)
         classifiers[name] = Classifier(list(fv.classes), genes, gm, gs, weight, bias, temperature)

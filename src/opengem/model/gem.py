@@ -71,7 +71,7 @@ class ModelConfig:
     n_field_genes: int = 20
     classifier_c: float = 1.0
     classifier_iterations: int = 300
-    max_residual_rows: int = 3000
+    max_residual_rows: int = 2000
 
 
 @dataclass

@@ -30,7 +30,7 @@ class ModelSection(BaseModel):
     n_field_genes: int = Field(20, ge=0)
     classifier_c: float = Field(1.0, gt=0)
     classifier_iterations: int = Field(300, ge=1)
-    max_residual_rows: int = Field(3000, ge=10)
+    max_residual_rows: int = Field(2000, ge=10)
 
 
 class TrainingSection(BaseModel):
