@@ -398,13 +398,9 @@ def train_cmd(
     corpus: Path = typer.Option(..., help="corpus file (bulk.h5ad or sc.h5ad)"),
     config: Path = typer.Option(..., help="training config (configs/bulk.toml, configs/sc.toml)"),
     out: Path = typer.Option(..., help="bundle directory to write"),
-    devices: str = typer.Option(None, help="Lightning devices (e.g. 2 for 2-process CPU DDP)"),
-    num_nodes: int = typer.Option(None, help="Lightning num_nodes (multi-node DDP)"),
-    strategy: str = typer.Option(None, help="Lightning strategy (auto, ddp, ddp_spawn…)"),
-    max_epochs: int = typer.Option(None, help="override the config's max_epochs"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    progress: bool = typer.Option(True, help="print each step of the fit"),
 ) -> None:
-    """Train a model bundle on a corpus; prints wall time and validation loss."""
+    """Fit a model bundle on a corpus (exact / convex fits, no epochs); prints its wall time."""
     from opengem.train import load_config
     from opengem.train.fit import train_bundle
 
@@ -412,24 +408,14 @@ def train_cmd(
         _fail(f"corpus file {corpus} does not exist (build it with `opengem corpus build`)")
     try:
         cfg = load_config(config)
-        dev: int | str | None = int(devices) if devices and devices.isdigit() else devices
-        result = train_bundle(
-            corpus,
-            cfg,
-            out,
-            progress=progress,
-            devices=dev,
-            num_nodes=num_nodes,
-            strategy=strategy,
-            max_epochs=max_epochs,
-        )
+        result = train_bundle(corpus, cfg, out, progress=progress)
     except ValueError as exc:
         _fail(str(exc))
-    v = result.validation
+    acc = result.validation.get("classifier_accuracy", {})
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in acc.items())
     typer.echo(
-        f"trained in {result.wall_seconds:.0f} s, {result.epochs} epochs (best "
-        f"{result.best_epoch}); validation loss {v.get('loss', float('nan')):.4f} on "
-        f"{v.get('n_samples', 0)} held-out samples; bundle: {out}"
+        f"fitted in {result.wall_seconds:.0f} s; bundle: {out}"
+        + (f"; held-out head accuracy: {shown}" if shown else "")
     )
 
 

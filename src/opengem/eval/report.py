@@ -167,7 +167,9 @@ def gene_figure(units: list[dict[str, Any]], path: Path) -> bool:
     if not units:
         return False
     plt = _plt()
-    names = list(units[0]["gen_mean"])
+    names: list[str] = []
+    for u in units:
+        names += [n for n in u["gen_mean"] if n not in names]
     has_sd = "gen_sd" in units[0]
     n = len(names) * (2 if has_sd else 1)
     fig, axes = _grid(n, width=2.8)
@@ -176,9 +178,13 @@ def gene_figure(units: list[dict[str, Any]], path: Path) -> bool:
     def pooled(key: str, name: str | None) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for u in units:
+            if name not in u.get(key, {}):
+                continue
             real = u["real_mean"] if key == "gen_mean" else u["real_sd"]
             xs.append(real)
             ys.append(u[key][name])
+        if not xs:
+            return np.zeros(0), np.zeros(0)
         x, y = np.concatenate(xs), np.concatenate(ys)
         if len(x) > 6000:
             keep = rng.choice(len(x), 6000, replace=False)
@@ -193,6 +199,9 @@ def gene_figure(units: list[dict[str, Any]], path: Path) -> bool:
             ax = axes[i]
             i += 1
             x, y = pooled(key, name)
+            if not len(x):
+                ax.axis("off")
+                continue
             ax.scatter(x, y, s=2, alpha=0.3, color=COLORS.get(name, "k"), rasterized=True)
             top = float(max(np.nanmax(x), np.nanmax(y), 1e-6))
             ax.plot([0, top], [0, top], lw=0.5, color="k")

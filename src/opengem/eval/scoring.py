@@ -56,7 +56,6 @@ def _denoise(lfc: np.ndarray) -> np.ndarray:
     return np.where(np.abs(lfc) < NOISE, 0.0, lfc)
 
 
-
 def perturbation_scores(
     pred: np.ndarray,
     real: np.ndarray,

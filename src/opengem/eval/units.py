@@ -30,6 +30,7 @@ from opengem.eval.corpus import (
     BIOLOGICAL_CONTEXT_FIELDS,
     COMBINATION_SEPARATOR,
     CorpusView,
+    perturbation_parts,
     text_column,
 )
 
@@ -142,7 +143,11 @@ class Cell:
 
     @property
     def is_combination(self) -> bool:
-        return COMBINATION_SEPARATOR in self.perturbation.get("perturbation_ontology_id", "")
+        """Several real perturbations (ids joined by ``"|"``; empty parts do not count)."""
+        if COMBINATION_SEPARATOR not in self.perturbation.get("perturbation_ontology_id", ""):
+            return False
+        parts = perturbation_parts(self.perturbation)
+        return sum(1 for p in parts if p.get("perturbation_ontology_id")) >= 2
 
     @property
     def name(self) -> str:
@@ -205,6 +210,13 @@ def _values(obs: pd.DataFrame, column: Column) -> np.ndarray:
     return text_column(obs, column).to_numpy()
 
 
+def _joined(view: CorpusView, rows: np.ndarray, fields: Sequence[str]) -> np.ndarray:
+    context = view.values(fields[0])[rows].astype(object)
+    for f in fields[1:]:
+        context = context + "+" + view.values(f)[rows].astype(object)
+    return context.astype(str)
+
+
 def _study_cells(view: CorpusView, study: str, spec: ContextSpec | None) -> list[Cell]:
     rows = np.flatnonzero(view.studies == study)
     obs = view.obs.iloc[rows]
@@ -215,15 +227,21 @@ def _study_cells(view: CorpusView, study: str, spec: ContextSpec | None) -> list
     match = view.values("match_group")[rows]
     pair = None
     note = ""
-    if match.any() and (spec is None or not callable(spec.context)):
-        # declared matched groups: the context is the biological fields + match_group
-        fields = [f for f in BIOLOGICAL_CONTEXT_FIELDS if len(set(view.values(f)[rows])) > 1]
-        context = match.astype(object)
-        for f in fields:
-            context = context + "+" + view.values(f)[rows].astype(object)
-        context = context.astype(str)
-        note = "matched samples: same biological fields and match_group"
-        filters: Mapping[str, str] = {}
+    varying = [f for f in BIOLOGICAL_CONTEXT_FIELDS if len(set(view.values(f)[rows][~control])) > 1]
+    if (match != "").any():
+        # declared matched groups: the context is the varying biological fields (or the
+        # match group itself when none varies); pairs share the match group
+        if varying:
+            context = _joined(view, rows, varying)
+            note = f"context = {' + '.join(varying)}; pairs share match_group"
+        elif len(set(match)) > 1:
+            context = match.astype(str)
+            note = "context = match_group"
+        else:
+            context = np.full(len(rows), WHOLE_STUDY)
+            note = "one context (no biological field varies)"
+        pair = match.astype(str)
+        filters: Mapping[str, str] = spec.perturbed if spec is not None else {}
         merge_keys = False
     elif spec is not None:
         context = _values(obs, spec.context)
@@ -232,15 +250,9 @@ def _study_cells(view: CorpusView, study: str, spec: ContextSpec | None) -> list
         filters = spec.perturbed
         merge_keys = True
     else:
-        fields = [
-            f for f in BIOLOGICAL_CONTEXT_FIELDS if len(set(view.values(f)[rows][~control])) > 1
-        ]
-        if fields:
-            context = view.values(fields[0])[rows].astype(object)
-            for f in fields[1:]:
-                context = context + "+" + view.values(f)[rows].astype(object)
-            context = context.astype(str)
-            note = f"context = {' + '.join(fields)}"
+        if varying:
+            context = _joined(view, rows, varying)
+            note = f"context = {' + '.join(varying)}"
         else:
             context = np.full(len(rows), WHOLE_STUDY)
             note = "one context (no biological field varies)"
@@ -303,7 +315,6 @@ def perturbation_cells(
 
 def target_genes(record: Mapping[str, str], genes: np.ndarray) -> list[int]:
     """Columns (within ``genes``) of the genes a gene-targeting perturbation targets."""
-    from opengem.eval.corpus import perturbation_parts
     from opengem.ontology.genes import default_gene_space
 
     out = []

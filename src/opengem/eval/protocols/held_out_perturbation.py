@@ -31,7 +31,11 @@ def perturbations_by_type(cells: list[Cell]) -> dict[str, list[str]]:
     by: dict[str, set[str]] = {}
     for c in cells:
         ptype = c.perturbation.get("perturbation_type", "")
-        if c.is_combination or ptype in ("", "control"):
+        if (
+            c.is_combination
+            or ptype in ("", "control")
+            or not c.perturbation.get("perturbation_ontology_id")
+        ):
             continue
         by.setdefault(ptype, set()).add(c.identity)
     return {t: sorted(v) for t, v in sorted(by.items()) if len(v) >= 2}

@@ -27,7 +27,11 @@ def shared_perturbations(cells: list[Cell]) -> dict[str, dict[str, list[Cell]]]:
     """identity -> study -> cells, for perturbations present in two or more studies."""
     by: dict[str, dict[str, list[Cell]]] = {}
     for c in cells:
-        if c.is_combination or c.perturbation.get("perturbation_type") in ("", "control"):
+        if (
+            c.is_combination
+            or c.perturbation.get("perturbation_type") in ("", "control")
+            or not c.perturbation.get("perturbation_ontology_id")
+        ):
             continue
         by.setdefault(c.identity, {}).setdefault(c.study, []).append(c)
     return {k: dict(sorted(v.items())) for k, v in sorted(by.items()) if len(v) >= 2}

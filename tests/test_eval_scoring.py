@@ -1,0 +1,71 @@
+"""Unit scoring with known answers: counterfactual, diversity and ontology-aware metadata."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from opengem.eval.metrics import between_condition_correlation, magnitude_ratio, replicate_spread
+from opengem.eval.results import UnitResult, fmt, summarise, verdicts
+from opengem.eval.scoring import metadata_field_scores, perturbation_scores
+from opengem.ontology.describe import term_ancestors
+
+LUNG = "UBERON:0002048"
+
+
+def test_counterfactual_of_a_model_that_ignores_the_perturbation() -> None:
+    rng = np.random.default_rng(0)
+    refs = rng.uniform(0, 8, (4, 300))
+    true_effect = np.zeros(300)
+    true_effect[:30] = 2.0
+    real = refs + true_effect + rng.normal(0, 0.1, (4, 300))
+    # the model redraws the reference closer to the real perturbed sample, but the same
+    # with and without the perturbation: its own effect is zero
+    pred = none = 0.5 * refs + 0.5 * real
+    scores = perturbation_scores(pred, real, refs, refs, none)
+    assert scores["pearson_delta_top100"] > 0.9  # rewarded for the redraw
+    assert math.isnan(scores["cf_pearson_delta_top100"])  # no effect of its own
+    assert scores["cf_magnitude_ratio_top100"] == 0.0
+    # a model whose effect is the true one, half-sized
+    half = perturbation_scores(refs + true_effect / 2, real, refs, refs, refs)
+    assert half["cf_pearson_delta_top100"] > 0.9
+    assert abs(half["cf_magnitude_ratio_top100"] - 0.5) < 0.05
+
+
+def test_magnitude_diversity_and_spread() -> None:
+    assert magnitude_ratio([2.0, -2.0], [1.0, -1.0]) == 2.0
+    assert math.isnan(magnitude_ratio([1.0, 1.0], [0.0, 0.0]))
+    profile = np.arange(50.0)
+    assert between_condition_correlation(np.vstack([profile] * 4)) == 1.0
+    rng = np.random.default_rng(1)
+    assert between_condition_correlation(rng.normal(size=(5, 200))) < 0.2
+    assert math.isnan(between_condition_correlation(profile[None, :]))
+    assert replicate_spread([np.zeros((3, 10)), np.ones((1, 10))]) == 0.0
+
+
+def test_ontology_aware_metadata_scores() -> None:
+    parent = term_ancestors(LUNG)[0]
+    truth = [LUNG, LUNG, "UBERON:0002107", "UBERON:0000955", ""]
+    classes = [parent, "UBERON:0002107"]
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.5, 0.5]])
+    s = metadata_field_scores("tissue_ontology_id", truth, classes, probs)
+    assert s.n_scored == 4  # the sample without a truth is not scored
+    # lung predicted as its parent counts as right; the brain is no class's relative
+    assert s.metrics["accuracy"] == 0.75 and s.metrics["accuracy_exact"] == 0.25
+    assert s.unreachable == {"UBERON:0000955": 1}
+    assert not s.constant_prediction
+    # a non-ontology field needs the exact value; one class for every sample is flagged
+    sex = metadata_field_scores("sex", ["male", "female"], ["female", "male"], np.eye(2)[[0, 0]])
+    assert sex.metrics["accuracy"] == 0.5 and sex.constant_prediction
+    assert sex.metrics["balanced_accuracy"] == 0.5
+
+
+def test_undefined_is_said_not_printed_as_nan() -> None:
+    units = [
+        UnitResult("u", "s", 2, {"pearson_delta_top100": float("nan")}, {"b": {}}),
+    ]
+    summary = summarise(units)
+    assert summary["undefined"] == ["pearson_delta_top100"]
+    assert "nan" not in verdicts(units, summary)["pearson_delta_top100"]
+    assert fmt(float("nan")) == "undefined" and fmt(None) == "undefined"
