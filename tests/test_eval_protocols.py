@@ -198,23 +198,30 @@ def test_cells_and_experiments_of_synthetic_corpus(corpus_file: Path) -> None:
 
 
 def test_match_group_pairs_samples(corpus_file: Path) -> None:
-    """A declared match_group splits a study's contexts: matched samples only."""
+    """A declared match_group pairs each perturbed sample with a control of its group."""
     import anndata
+
+    from opengem.eval.units import unit_of
 
     adata = anndata.read_h5ad(corpus_file)
     obs = adata.obs.copy()
     obs["match_group"] = ""
     first = (obs["study"] == "synthetic_1").to_numpy()
-    obs.loc[first, "match_group"] = [f"g{i % 2}" for i in range(int(first.sum()))]
+    obs.loc[first, "match_group"] = [f"donor={i % 2}" for i in range(int(first.sum()))]
     adata.obs = obs
     view = CorpusView(adata)
     cells = [c for c in perturbation_cells(view) if c.study == "synthetic_1"]
-    # 2 tissues x 2 match groups, compound and shRNA each
-    assert len(cells) == 8
+    # the tissue varies: it is the context (2 tissues x compound, shRNA)
+    assert len(cells) == 4
     groups = view.values("match_group")
     for c in cells:
-        assert len(set(groups[c.perturbed])) == 1
-        assert set(groups[c.controls]) == set(groups[c.perturbed])
+        unit = unit_of(c)
+        assert (groups[unit.references] == groups[unit.scored]).all()
+    # a study where no biological field varies: the match groups are the contexts
+    obs.loc[first, "tissue_ontology_id"] = "UBERON:0002048"
+    adata.obs = obs
+    cells = [c for c in perturbation_cells(CorpusView(adata)) if c.study == "synthetic_1"]
+    assert sorted({c.context for c in cells}) == ["donor=0", "donor=1"]
 
 
 def test_fast_rows_keeps_focus_studies_first(corpus_file: Path) -> None:
