@@ -52,12 +52,11 @@ HEADLINE = {
         "fields_predicted_constant",
         "samplewise_pearson",
         "genewise_pearson_weighted",
-        "diversity",
+        "diversity_gap",
     ],
     "seen-condition": [
         "samplewise_pearson",
         "classifier_auc",
-        "diversity",
         "diversity_gap",
         "spread_ratio",
     ],

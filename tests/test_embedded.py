@@ -215,7 +215,9 @@ def test_deterministic_latents_remove_latent_randomness() -> None:
 
 def test_out_of_vocabulary_values_are_refused_with_suggestions() -> None:
     query = _bulk_query()
-    query["inputs"][0]["metadata"] = {"cell_line_ontology_id": "CVCL_0027"}  # Hep-G2: not in the corpus
+    query["inputs"][0]["metadata"] = {
+        "cell_line_ontology_id": "CVCL_0027"
+    }  # Hep-G2: not in the corpus
     with pytest.raises(opengem.QueryError) as err:
         opengem.predict_query(query, model_id=BULK)
     (problem,) = err.value.problems

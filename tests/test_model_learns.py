@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from opengem.contract import validate_query
 from opengem.corpus.synthetic import DEX, LIVER, LUNG, synthetic_corpus
 from opengem.engine import Predictor
@@ -185,7 +186,7 @@ def test_no_perturbation_returns_the_reference_and_outputs_say_what_was_seen(
     held = trained["held_out"]
     x = adata.X[held].toarray()[:, :400]
     control_rows = held[(adata.obs["perturbation_type"].iloc[held] == "control").to_numpy()]
-    row = [r for r in control_rows if x[list(held).index(r)].min() > 0][0]  # a whole-panel study
+    row = next(r for r in control_rows if x[list(held).index(r)].min() > 0)  # a whole panel
     reference = adata.X[row].toarray().ravel()
     control = predictor.predict(_reference_query(reference, {}))
     # the reference itself (denoised a little toward similar contexts), not a redraw
@@ -197,7 +198,7 @@ def test_no_perturbation_returns_the_reference_and_outputs_say_what_was_seen(
 
 
 def test_an_unseen_compound_is_humble_and_flagged(trained: dict[str, Any]) -> None:
-    adata, effects, predictor = trained["adata"], trained["effects"], trained["predictor"]
+    adata, predictor = trained["adata"], trained["predictor"]
     row = trained["held_out"][0]
     reference = adata.X[row].toarray().ravel()
     seen = predictor.predict(_reference_query(reference, _dex("1 uM")))

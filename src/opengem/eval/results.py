@@ -39,6 +39,8 @@ LOWER_IS_BETTER = {
     "fields_predicted_constant",
 }
 CLOSER_TO_HALF = {"classifier_auc"}
+#: descriptive metrics without a better direction (compared through another metric)
+DESCRIPTIVE = {"diversity": "compare it with the real conditions' through diversity_gap"}
 CLOSER_TO_ONE = {"magnitude_ratio_top100", "cf_magnitude_ratio_top100", "spread_ratio"}
 
 
@@ -179,6 +181,11 @@ def verdicts(units: Sequence[UnitResult], summary: dict[str, Any]) -> dict[str, 
     """One plain-English sentence per model metric: the model against the strongest baseline."""
     out: dict[str, str] = {}
     for metric, value in summary["model"].items():
+        if metric.rsplit(":", 1)[-1] in DESCRIPTIVE:
+            out[metric] = f"{metric}: the model scores {fmt(value)} (descriptive: " + (
+                DESCRIPTIVE[metric.rsplit(":", 1)[-1]] + ")."
+            )
+            continue
         how = direction(metric)
         rivals = {
             name: vals[metric]

@@ -321,7 +321,7 @@ def _type_statistics(
             shrink[t] = 0.25
         if t in DEFAULT_ON_TARGET:
             changes = []
-            for k, rows in keys.items():
+            for rows in keys.values():
                 g = gene_index(units[rows[0]].perturbations[0]["id"])
                 if g is not None and masks[rows[0], g]:
                     changes.append(float(np.mean([effects[r, g] for r in rows])))
@@ -551,7 +551,6 @@ def fit_model(
         resid = np.where(c.masks(multi), rows_y - gmeans[member[multi]], 0.0)
         dof = max(len(multi) - len(set(member[multi])), 1)
         sv, vt_r = _top_components(resid, config.latent_biological)
-        k = len(sv)
         model.w_bio = vt_r * (sv / math.sqrt(dof))[:, None]
         counted = np.maximum(c.masks(multi).sum(axis=0), 1)
         var = (resid**2).sum(axis=0) / np.maximum(counted * dof / len(multi), 1)
