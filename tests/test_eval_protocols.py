@@ -321,7 +321,7 @@ def test_summary_and_verdicts_directions() -> None:
     [
         (
             "held-out-context",
-            "griss2019_melanoma_bcells",
+            "airway",  # donors are its contexts (match_group)
             {"no_change", "additive_shift", "train_mean"},
         ),
         ("held-out-study", "gse147507_covid_lung", {"logistic_pca", "condition_mean"}),
