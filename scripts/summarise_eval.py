@@ -109,10 +109,13 @@ def protocols_of(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return {data["protocol"]: block}, data
 
 
-def headline(paths: list[Path]) -> None:
+def headline_lines(paths: list[Path]) -> list[str]:
+    """The headline table (Markdown lines) of summary.json / metrics.json files."""
     columns = ["modality", "protocol (units)", "metric", "model", "strongest baseline"]
-    print("| " + " | ".join([*columns, "no perturbation sent"]) + " |")
-    print("|---|---|---|---|---|---|")
+    lines = [
+        "| " + " | ".join([*columns, "no perturbation sent"]) + " |",
+        "|---|---|---|---|---|---|",
+    ]
     for path in paths:
         protocols, header = protocols_of(path)
         modality = header.get("modality", "?")
@@ -128,12 +131,17 @@ def headline(paths: list[Path]) -> None:
                 best, value = _best(metric, baselines)
                 label = f"{name} ({p['n_units']})" + (" median" if name in MEDIAN else "")
                 base = f"{best} {fmt(value)}" if value is not None else "–"
-                print(
+                lines.append(
                     f"| {modality} | {label} | {metric} | {fmt(model[metric])} | {base} | "
                     f"{fmt(diag.get(metric)) if diag else '–'} |"
                 )
         for name, why in header.get("skipped", {}).items():
-            print(f"| {modality} | {name} | skipped | {why} | | |")
+            lines.append(f"| {modality} | {name} | skipped | {why} | | |")
+    return lines
+
+
+def headline(paths: list[Path]) -> None:
+    print("\n".join(headline_lines(paths)))
 
 
 def full(paths: list[Path]) -> None:

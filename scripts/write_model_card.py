@@ -1,6 +1,11 @@
-"""Write MODEL_CARD.md for a bundle from its bundle.json (and eval metrics when given).
+"""Write MODEL_CARD.md for a bundle from its bundle.json (and eval outputs when given).
 
     python scripts/write_model_card.py src/opengem/models/gem-1-bulk [--eval DIR/metrics.json ...]
+    python scripts/write_model_card.py src/opengem/models/gem-1-bulk --eval eval/bulk/summary.json
+
+``--eval`` takes per-protocol metrics.json files (one full table each) and
+summary.json files of `opengem eval --all` (the headline table of
+`python scripts/summarise_eval.py --headline`, from the same code).
 
 Everything in the card comes from the bundle's recorded provenance or from
 `opengem eval` outputs, so rerunning the training and evaluation commands
@@ -11,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summarise_eval import headline_lines
 
 TASKS = {
     "bulk": [
@@ -40,10 +49,26 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def summary_section(path: Path, m: dict) -> list[str]:
+    """An ``opengem eval --all`` summary.json: its headline table."""
+    return [
+        f"### {m.get('modality', '?')}: {len(m['protocols'])} protocols "
+        f"({len(m.get('skipped', {}))} skipped)",
+        "",
+        f"Command: `{m.get('command', '')}`",
+        "",
+        *headline_lines([path]),
+        "",
+    ]
+
+
 def eval_section(paths: list[Path]) -> list[str]:
     lines: list[str] = []
     for path in paths:
         m = json.loads(path.read_text())
+        if "protocols" in m:
+            lines += summary_section(path, m)
+            continue
         lines += [
             f"### {m['protocol']} ({len(m['units'])} held-out units)",
             "",
@@ -186,7 +211,7 @@ def main() -> None:
             "Not yet evaluated with `opengem eval` in this release: run "
             f"`opengem eval --protocol seen-condition --corpus build/corpus/{modality}.h5ad "
             f"--config configs/{modality}.toml --out eval/{modality}-seen-condition` and pass "
-            "its metrics.json with --eval.",
+            "its metrics.json (or the summary.json of `opengem eval --all`) with --eval.",
             "",
         ]
     )

@@ -242,3 +242,78 @@ def test_condition_on_sample_ids_uses_stored_samples() -> None:
     query["inputs"][0]["sample_ids"] = ["SRR0000000"]
     with pytest.raises(opengem.QueryError, match="not a training sample"):
         opengem.predict_query(query, model_id=model)
+
+
+# ------------------------------------------------------- combinations of perturbations
+#: two shRNA knockdowns of the K562 series the shipped bulk model was trained on
+SRF, EGR1 = "ENSG00000112658", "ENSG00000120738"
+
+
+def _reference_query(metadata: dict, sampling_strategy: str = "mean estimation") -> dict:
+    query = opengem.get_example_query(REF)["example_query"]
+    query["inputs"] = query["inputs"][:1]
+    query["inputs"][0].update(metadata=metadata, num_samples=2)
+    query.update(seed=3, sampling_strategy=sampling_strategy)
+    return query
+
+
+def _mean_log(result: dict) -> np.ndarray:
+    return np.log1p(np.array([o["counts"] for o in result["outputs"]], dtype=float)).mean(axis=0)
+
+
+def test_a_combination_of_perturbations_runs_end_to_end() -> None:
+    as_lists = {
+        "perturbation_ontology_id": [SRF, EGR1],
+        "perturbation_type": ["shrna", "shrna"],
+        "perturbation_time": "48 hours",
+    }
+    joined = {
+        "perturbation_ontology_id": f"{SRF}|{EGR1}",
+        "perturbation_type": "shrna|shrna",
+        "perturbation_time": "48 hours",
+    }
+    for strategy in ("mean estimation", "sample generation"):
+        a = opengem.predict_query(
+            _reference_query(as_lists, strategy), model_id=REF, raw_response=True
+        )
+        b = opengem.predict_query(
+            _reference_query(joined, strategy), model_id=REF, raw_response=True
+        )
+        assert a == b  # the list and the joined forms are one query
+    both = opengem.predict_query(_reference_query(as_lists), model_id=REF, raw_response=True)
+    meta = both["outputs"][0]["metadata"]
+    assert meta["perturbation_ontology_id"] == f"{SRF}|{EGR1}"
+    assert meta["perturbation_type"] == "shrna|shrna"
+    assert meta["perturbation_label"] == "SRF|EGR1"
+
+    def single(gene: str) -> np.ndarray:
+        md = {"perturbation_ontology_id": gene, "perturbation_type": "shrna"}
+        md["perturbation_time"] = "48 hours"
+        return _mean_log(
+            opengem.predict_query(_reference_query(md), model_id=REF, raw_response=True)
+        )
+
+    none = _mean_log(opengem.predict_query(_reference_query({}), model_id=REF, raw_response=True))
+    srf, egr1, pair = single(SRF), single(EGR1), _mean_log(both)
+    for alone in (srf, egr1):
+        assert np.abs(alone - none).max() > 0.1  # each perturbation moves the output ...
+        assert np.abs(pair - alone).max() > 0.1  # ... and the pair differs from either alone
+
+
+def test_bad_components_of_a_combination_are_refused_with_their_index() -> None:
+    query = _reference_query(
+        {
+            "perturbation_ontology_id": [SRF, "CHEMBL384467", "CHEMBL25"],
+            "perturbation_type": ["shrna", "shrna", "compund"],
+        }
+    )
+    with pytest.raises(opengem.QueryError) as err:
+        opengem.predict_query(query, model_id=REF)
+    by_location = {p.location: p for p in err.value.problems}
+    where = "inputs[0].metadata."
+    assert "must be an Ensembl gene id" in by_location[f"{where}perturbation_ontology_id[1]"].reason
+    assert "compound" in by_location[f"{where}perturbation_type[2]"].suggestions
+    assert "give its perturbation_type" not in str(err.value)  # the type was given
+    query["inputs"][0]["metadata"]["perturbation_type"] = ["shrna", "shrna"]
+    with pytest.raises(opengem.QueryError, match="has 2 values but perturbation_ontology_id has 3"):
+        opengem.predict_query(query, model_id=REF)

@@ -834,3 +834,269 @@ def test_problems_serialise_for_apis() -> None:
 def test_top_level_api_reexports() -> None:
     assert opengem.validate_query is validate_query
     assert issubclass(opengem.QueryError, ValueError)
+
+
+# --------------------------------------------------------------- combinations of perturbations
+TP53, SRF, EGR1 = "ENSG00000141510", "ENSG00000112658", "ENSG00000120738"
+PAIR_AS_LISTS = {
+    "perturbation_ontology_id": [SRF, EGR1],
+    "perturbation_type": ["shrna", "shrna"],
+    "perturbation_time": ["48 hours", "72h"],
+    "perturbation_dose": "",
+}
+PAIR_JOINED = {
+    "perturbation_ontology_id": f"{SRF}|{EGR1}",
+    "perturbation_type": "shRNA|shrna",
+    "perturbation_time": "48 hours|72 hr",
+}
+PAIR_NORMALISED = {
+    "perturbation_ontology_id": f"{SRF}|{EGR1}",
+    "perturbation_type": "shrna|shrna",
+    "perturbation_time": "48 hours|72 hours",
+}
+
+
+def _first_metadata(model_id: str, metadata: dict[str, Any], **kw: Any) -> dict[str, str]:
+    query = example(model_id)
+    query["inputs"][0]["metadata"] = metadata
+    return dict(validate_query(query, model_id, **kw).inputs[0].metadata)
+
+
+@pytest.mark.parametrize("model_id", [BULK, REF, IDS])
+def test_combinations_normalise_to_aligned_joined_strings(model_id: str) -> None:
+    as_lists = _first_metadata(model_id, copy.deepcopy(PAIR_AS_LISTS))
+    assert as_lists == PAIR_NORMALISED
+    assert _first_metadata(model_id, dict(PAIR_JOINED)) == PAIR_NORMALISED
+    # list and joined forms give the same normalised query, byte for byte
+    q_lists, q_joined = example(model_id), example(model_id)
+    q_lists["inputs"][0]["metadata"] = copy.deepcopy(PAIR_AS_LISTS)
+    q_joined["inputs"][0]["metadata"] = dict(PAIR_JOINED)
+    assert (
+        validate_query(q_lists, model_id).model_dump_json()
+        == validate_query(q_joined, model_id).model_dump_json()
+    )
+
+
+def test_combination_dose_and_time_may_be_one_value_for_all() -> None:
+    metadata = {
+        "perturbation_ontology_id": ["CHEMBL25", "CHEBI:15365"],
+        "perturbation_type": ["compound", "compound"],
+        "perturbation_dose": "10uM",
+        "perturbation_time": ["24h", None],
+    }
+    assert _first_metadata(REF, metadata) == {
+        "perturbation_ontology_id": "CHEMBL25|CHEBI:15365",
+        "perturbation_type": "compound|compound",
+        "perturbation_dose": "10 uM",
+        "perturbation_time": "24 hours|",
+    }
+    # mixed kinds: a gene target and an infection
+    mixed = {
+        "perturbation_ontology_id": [TP53, "2697049"],
+        "perturbation_type": ["crispr", "infection"],
+    }
+    assert _first_metadata(BULK, mixed)["perturbation_ontology_id"] == (f"{TP53}|NCBITaxon:2697049")
+
+
+def test_single_perturbations_are_unchanged() -> None:
+    single = {
+        "perturbation_ontology_id": "CHEMBL25",
+        "perturbation_type": "Compound",
+        "perturbation_dose": "10uM",
+    }
+    expected = {
+        "perturbation_ontology_id": "CHEMBL25",
+        "perturbation_type": "compound",
+        "perturbation_dose": "10 uM",
+    }
+    assert _first_metadata(REF, dict(single)) == expected
+    # a one-item list (R without auto_unbox) is the single perturbation
+    assert _first_metadata(REF, {**single, "perturbation_ontology_id": ["CHEMBL25"]}) == expected
+
+
+BAD_COMBINATIONS: list[tuple[str, dict[str, Any], str, str]] = [
+    # (name, metadata, expected location, expected words in the reason)
+    (
+        "a component of the wrong id space",
+        {"perturbation_ontology_id": [SRF, "CHEMBL25"], "perturbation_type": ["shrna", "shrna"]},
+        "inputs[0].metadata.perturbation_ontology_id[1]",
+        "must be an Ensembl gene id",
+    ),
+    (
+        "a component that is not an id",
+        {"perturbation_ontology_id": f"{SRF}|TP53", "perturbation_type": "shrna|shrna"},
+        "inputs[0].metadata.perturbation_ontology_id[1]",
+        f"{TP53} (TP53)",
+    ),
+    (
+        "a misspelled component type",
+        {"perturbation_ontology_id": [SRF, EGR1], "perturbation_type": ["shrna", "shRNAi"]},
+        "inputs[0].metadata.perturbation_type[1]",
+        "not a valid perturbation_type",
+    ),
+    (
+        "a bad component dose",
+        {
+            "perturbation_ontology_id": ["CHEMBL25", "CHEBI:15365"],
+            "perturbation_type": ["compound", "compound"],
+            "perturbation_dose": ["10 uM", "ten"],
+        },
+        "inputs[0].metadata.perturbation_dose[1]",
+        "uM",
+    ),
+    (
+        "list lengths differ",
+        {"perturbation_ontology_id": [SRF, EGR1, TP53], "perturbation_type": ["shrna", "shrna"]},
+        "inputs[0].metadata.perturbation_type",
+        "has 2 values but perturbation_ontology_id has 3",
+    ),
+    (
+        "joined lengths differ",
+        {
+            "perturbation_ontology_id": f"{SRF}|{EGR1}",
+            "perturbation_type": "shrna|shrna",
+            "perturbation_time": "1 h|2 h|3 h",
+        },
+        "inputs[0].metadata.perturbation_time",
+        "has 3 values but perturbation_ontology_id has 2",
+    ),
+    (
+        "one type for several ids",
+        {"perturbation_ontology_id": [SRF, EGR1], "perturbation_type": "shrna"},
+        "inputs[0].metadata.perturbation_type",
+        "give a list of 2 values",
+    ),
+    (
+        "control combined",
+        {"perturbation_ontology_id": [SRF, ""], "perturbation_type": ["shrna", "control"]},
+        "inputs[0].metadata.perturbation_type[1]",
+        "cannot be combined with other perturbations",
+    ),
+    (
+        "an empty component",
+        {"perturbation_ontology_id": [SRF, ""], "perturbation_type": ["shrna", None]},
+        "inputs[0].metadata.perturbation_ontology_id[1]",
+        "needs an id or a type",
+    ),
+    (
+        "a repeated component",
+        {"perturbation_ontology_id": [SRF, SRF], "perturbation_type": ["shrna", "shrna"]},
+        "inputs[0].metadata.perturbation_ontology_id[1]",
+        "repeats perturbation 0",
+    ),
+    (
+        "a joined value inside a list",
+        {"perturbation_ontology_id": [f"{SRF}|{EGR1}"], "perturbation_type": ["shrna"]},
+        "inputs[0].metadata.perturbation_ontology_id[0]",
+        "in a list each value is one perturbation",
+    ),
+    (
+        "an empty list",
+        {"perturbation_ontology_id": [], "perturbation_type": "shrna"},
+        "inputs[0].metadata.perturbation_ontology_id",
+        "empty list",
+    ),
+]
+
+
+@pytest.mark.parametrize("model_id", [BULK, REF])
+@pytest.mark.parametrize(
+    ("name", "metadata", "location", "words"),
+    BAD_COMBINATIONS,
+    ids=[b[0] for b in BAD_COMBINATIONS],
+)
+def test_bad_combinations_name_the_component(
+    model_id: str, name: str, metadata: dict[str, Any], location: str, words: str
+) -> None:
+    with pytest.raises(QueryError) as err:
+        _first_metadata(model_id, copy.deepcopy(metadata))
+    hits = [p for p in err.value.problems if p.location == location]
+    assert hits, f"no problem at {location}: {err.value}"
+    assert any(words in p.reason + " ".join(p.suggestions) for p in hits), str(err.value)
+
+
+def test_every_bad_component_is_reported() -> None:
+    metadata = {
+        "perturbation_ontology_id": ["CHEMBL25", "nope", TP53],
+        "perturbation_type": ["compund", "compound", "crispr"],
+        "perturbation_time": ["24 hours", "24 hours", "soon"],
+    }
+    with pytest.raises(QueryError) as err:
+        _first_metadata(REF, metadata)
+    locations = {p.location for p in err.value.problems}
+    assert locations == {
+        "inputs[0].metadata.perturbation_type[0]",
+        "inputs[0].metadata.perturbation_ontology_id[1]",
+        "inputs[0].metadata.perturbation_time[2]",
+    }
+
+
+def test_combination_components_meet_the_model_vocabulary() -> None:
+    vocab = {
+        "perturbation_ontology_id": {"CHEMBL25": "ASPIRIN", SRF: "SRF"},
+        "perturbation_type": {"compound": "", "shrna": "", "control": ""},
+    }
+    # the vocabulary's classes are single components; each is judged on its own
+    known = {
+        "perturbation_ontology_id": ["CHEMBL25", SRF],
+        "perturbation_type": ["compound", "shrna"],
+    }
+    assert _first_metadata(REF, known, vocabulary=vocab)["perturbation_type"] == "compound|shrna"
+    # an unseen compound with its type is an unseen perturbation of that type
+    unseen = {
+        "perturbation_ontology_id": [SRF, "CHEMBL53463"],
+        "perturbation_type": ["shrna", "compound"],
+    }
+    assert _first_metadata(REF, unseen, vocabulary=vocab)
+    with pytest.raises(QueryError) as err:
+        _first_metadata(REF, {"perturbation_ontology_id": [SRF, "CHEMBL53463"]}, vocabulary=vocab)
+    (problem,) = err.value.problems
+    assert problem.location == "inputs[0].metadata.perturbation_ontology_id[1]"
+    assert "give its perturbation_type" in problem.reason
+    with pytest.raises(QueryError) as err:
+        _first_metadata(
+            REF,
+            {
+                "perturbation_ontology_id": [SRF, "2697049"],
+                "perturbation_type": ["shrna", "infection"],
+            },
+            vocabulary=vocab,
+        )
+    (problem,) = [p for p in err.value.problems if "perturbation_type" in p.location]
+    assert problem.location == "inputs[0].metadata.perturbation_type[1]"
+    assert "not in this model's vocabulary" in problem.reason
+    assert "compound" in problem.suggestions
+
+
+@pytest.mark.parametrize(
+    ("metadata", "type_location"),
+    [
+        (
+            {"perturbation_ontology_id": "CHEMBL53463", "perturbation_type": "compund"},
+            "inputs[0].metadata.perturbation_type",
+        ),
+        (
+            {"perturbation_ontology_id": "CHEMBL53463", "perturbation_type": "infection"},
+            "inputs[0].metadata.perturbation_type",
+        ),
+        (
+            {
+                "perturbation_ontology_id": ["CHEMBL25", "CHEMBL53463"],
+                "perturbation_type": ["compound", "compund"],
+            },
+            "inputs[0].metadata.perturbation_type[1]",
+        ),
+    ],
+)
+def test_a_refused_type_is_not_called_missing(metadata: dict[str, Any], type_location: str) -> None:
+    vocab = {
+        "perturbation_ontology_id": {"CHEMBL25": "ASPIRIN"},
+        "perturbation_type": {"compound": "", "control": ""},
+    }
+    with pytest.raises(QueryError) as err:
+        _first_metadata(REF, metadata, vocabulary=vocab)
+    assert "give its perturbation_type" not in str(err.value)
+    locations = [p.location for p in err.value.problems]
+    assert type_location in locations
+    (id_problem,) = [p for p in err.value.problems if "perturbation_ontology_id" in p.location]
+    assert f"see {type_location}" in id_problem.reason

@@ -131,6 +131,16 @@ def fields_cmd() -> None:
             f"{f.name:<26} {f.group.value:<13} {f.kind.value:<9} {f.description}"
             + (f" [{extra}]" if extra else "")
         )
+    typer.echo(
+        "\nSeveral perturbations on one input (a combination): give the perturbation_* fields "
+        'as lists in the same order,\n  {"perturbation_ontology_id": ["ENSG00000112658", '
+        '"ENSG00000120738"], "perturbation_type": ["shrna", "shrna"],\n'
+        '   "perturbation_time": "48 hours"}\n'
+        'or as strings joined by "|" ("ENSG00000112658|ENSG00000120738", "shrna|shrna"). '
+        "Ids and types need one\nvalue per perturbation; a single dose or time applies to "
+        "all; each component is checked like a\nsingle perturbation (errors name it: "
+        "perturbation_ontology_id[1]); 'control' is never combined."
+    )
 
 
 @app.command("examples")
@@ -602,7 +612,10 @@ def eval_cmd(
     config: Path = typer.Option(None, help="training config (default: built-in defaults)"),
     fast: bool = typer.Option(False, help="the tiny documented preset on a small training subset"),
     max_minutes: float = typer.Option(
-        None, help="wall-clock safety stop per training (a stopped training is marked truncated)"
+        None,
+        help="safety cap on each training's wall clock, for configs with a wall-clock budget "
+        "([training] max_minutes; a training it stops is marked truncated); the default "
+        "model's exact fit has none, so there it has no effect (with a warning)",
     ),
     max_rotations: int = typer.Option(None, help="at most this many trainings per protocol"),
 ) -> None:

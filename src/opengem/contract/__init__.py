@@ -9,6 +9,7 @@ from opengem.contract.examples import get_example_query, reference_counts
 from opengem.contract.fields import (
     FIELDS,
     PERTURBATION_FIELDS,
+    PERTURBATION_SEP,
     FieldKind,
     FieldSpec,
     IdSpace,
@@ -39,6 +40,7 @@ __all__ = [
     "MODEL_IDS",
     "MODEL_SPECS",
     "PERTURBATION_FIELDS",
+    "PERTURBATION_SEP",
     "BaselineQuery",
     "FieldKind",
     "FieldSpec",

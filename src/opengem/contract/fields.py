@@ -278,6 +278,10 @@ FIELDS: dict[str, FieldSpec] = {
 
 #: Perturbation fields: the only metadata reference-conditioning queries accept.
 PERTURBATION_FIELDS: tuple[str, ...] = tuple(n for n, f in FIELDS.items() if f.group is _P)
+#: Joins the components of a combination of perturbations in the four perturbation
+#: fields of normalised metadata, in aligned order (``"ENSG…|ENSG…"`` with
+#: ``"overexpression|overexpression"``; one dose / time may stand for every component).
+PERTURBATION_SEP = "|"
 
 
 def fields_of(group: LatentGroup) -> tuple[str, ...]:

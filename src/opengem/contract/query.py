@@ -27,6 +27,8 @@ DEFAULT_CONDITIONING = (LatentGroup.BIOLOGICAL, LatentGroup.TECHNICAL)
 CountVector = Annotated[
     np.ndarray, PlainSerializer(lambda a: a.tolist(), return_type=list[int], when_used="json")
 ]
+#: Canonical field -> value; a combination of perturbations holds its components joined
+#: by ``"|"`` (:data:`opengem.contract.fields.PERTURBATION_SEP`) in aligned order.
 Metadata = dict[str, str]
 
 

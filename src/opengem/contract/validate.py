@@ -12,6 +12,9 @@ Rules that are policy, not structure, are written here once:
 - versioned Ensembl ids and ``9606`` / ``NCBITaxon:9606`` are the same id, returned canonical;
 - whole-number floats are accepted wherever an integer is expected (JSON from R);
 - ``sample_ids`` of one input are pooled into one reference (their latents averaged).
+- several perturbations of one input (a combination) come as lists in the four
+  perturbation fields, or as ``"|"``-joined strings; each component is checked like a
+  single perturbation and the record is normalised to aligned ``"|"``-joined strings.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from opengem.contract.fields import (
     LOSS_OF_FUNCTION_TYPES,
     NORMAL_DISEASE_ID,
     PERTURBATION_FIELDS,
+    PERTURBATION_SEP,
     FieldKind,
     FieldSpec,
     IdSpace,
@@ -103,6 +107,20 @@ def _did_you_mean(word: str, options: Collection[str]) -> tuple[str, ...]:
                 short.setdefault(opt[: -len(suffix)], opt)
     hits = difflib.get_close_matches(word.lower(), list(short), n=3, cutoff=0.6)
     return tuple(dict.fromkeys(short[h] for h in hits))
+
+
+def _is_set(value: Any) -> bool:
+    """``""`` and ``null`` metadata values mean "unset"."""
+    return value is not None and not (isinstance(value, str) and value.strip() == "")
+
+
+def _is_combination(metadata: Mapping[str, Any]) -> bool:
+    """Whether a metadata record carries its perturbation fields as lists or joined strings."""
+    return any(
+        isinstance(v, list | tuple) or (isinstance(v, str) and PERTURBATION_SEP in v)
+        for k, v in metadata.items()
+        if k in PERTURBATION_FIELDS
+    )
 
 
 class _Checker:
@@ -179,6 +197,8 @@ class _Checker:
             self.add(loc, metadata, "must be an object mapping metadata fields to values")
             return {}
         out: dict[str, str] = {}
+        combination = _is_combination({k: v for k, v in metadata.items() if k in allowed})
+        raw_perturbation: dict[str, Any] = {}
         for key, value in metadata.items():
             where = f"{loc}.{key}"
             if key not in FIELDS:
@@ -195,12 +215,18 @@ class _Checker:
                     f"accept only perturbation fields: {', '.join(allowed)}",
                 )
                 continue
+            if combination and key in PERTURBATION_FIELDS:
+                raw_perturbation[key] = value  # checked component by component below
+                continue
             if value is None or (isinstance(value, str) and value.strip() == ""):
                 continue
             canonical = self.check_field(where, FIELDS[key], value)
             if canonical is not None:
                 out[key] = canonical
-        self.check_perturbation(loc, out)
+        if combination:
+            out.update(self.check_combination(loc, raw_perturbation))
+        else:
+            self.check_perturbation(loc, out, type_given=_is_set(metadata.get("perturbation_type")))
         return out
 
     def check_field(self, loc: str, field: FieldSpec, value: Any) -> str | None:
@@ -393,21 +419,32 @@ class _Checker:
         )
         return None
 
-    def check_perturbation(self, loc: str, md: dict[str, str]) -> None:
+    def check_perturbation(
+        self, loc: str, md: dict[str, str], *, type_given: bool = False, index: str = ""
+    ) -> None:
+        """Cross-field rules of one perturbation (``index`` = ``"[i]"`` within a combination).
+
+        ``type_given``: a perturbation_type was sent but refused (it is absent from ``md``).
+        """
         ptype, pid = md.get("perturbation_type"), md.get("perturbation_ontology_id")
         known = (self.vocabulary or {}).get("perturbation_ontology_id")
+        where = f"{loc}.perturbation_ontology_id{index}"
         if pid is not None and known is not None and pid not in known and ptype is None:
             if self.id_space_of(pid) is not IdSpace.ENSEMBL_GENE:
-                self.add(
-                    f"{loc}.perturbation_ontology_id",
-                    pid,
-                    "is unknown to this model; give its perturbation_type so it is "
-                    "modelled as an unseen perturbation of that type",
-                    [f"{k} ({v})" if v else k for k, v in list(known.items())[:5]],
-                )
+                if type_given:
+                    reason = (
+                        "is unknown to this model; it is modelled as an unseen perturbation "
+                        "of its perturbation_type, and the perturbation_type given is not "
+                        f"valid (see {loc}.perturbation_type{index})"
+                    )
+                else:
+                    reason = (
+                        "is unknown to this model; give its perturbation_type so it is "
+                        "modelled as an unseen perturbation of that type"
+                    )
+                self.add(where, pid, reason, [f"{k} ({v})" if v else k for k, v in known.items()])
         if ptype is None or pid is None:
             return
-        where = f"{loc}.perturbation_ontology_id"
         space = self.id_space_of(pid)
         if ptype == "control":
             self.add(
@@ -426,6 +463,130 @@ class _Checker:
             self.add(where, pid, "must be a ChEBI or ChEMBL id: perturbation_type 'compound'")
         elif ptype == "infection" and space is not IdSpace.NCBI_TAXON:
             self.add(where, pid, "must be an NCBI Taxonomy id: perturbation_type 'infection'")
+
+    def check_combination(self, loc: str, raw: Mapping[str, Any]) -> dict[str, str]:
+        """Several perturbations of one input -> aligned ``"|"``-joined canonical fields.
+
+        Each perturbation field is a list (one value per perturbation, in the same order),
+        a ``"|"``-joined string, or one plain value (dose and time only: it applies to every
+        perturbation). Each component is checked like a single perturbation.
+        """
+        parts: dict[str, list[Any]] = {}  # per field: one raw value per component
+        single: dict[str, Any] = {}  # per field: one value for every component
+        for f in PERTURBATION_FIELDS:
+            value = raw.get(f)
+            if isinstance(value, list | tuple):
+                if not value:
+                    self.add(
+                        f"{loc}.{f}",
+                        None,
+                        "is an empty list; give one value per perturbation (or omit the field)",
+                    )
+                    return {}
+                parts[f] = list(value)
+            elif isinstance(value, str) and PERTURBATION_SEP in value:
+                parts[f] = value.split(PERTURBATION_SEP)
+            elif _is_set(value):
+                single[f] = value
+        ids, types = "perturbation_ontology_id", "perturbation_type"
+        counter = ids if ids in parts else types if types in parts else next(iter(parts))
+        n = len(parts[counter])
+        if n == 1:  # e.g. a one-item list: a plain id or type is its only component
+            parts.update({f: [single.pop(f)] for f in (ids, types) if f in single})
+        aligned = True
+        for f in PERTURBATION_FIELDS:
+            if f in parts and len(parts[f]) != n:
+                aligned = False
+                self.add(
+                    f"{loc}.{f}",
+                    raw.get(f),
+                    f"has {len(parts[f])} values but {counter} has {n}; give one value per "
+                    "perturbation, in the same order (perturbation_dose and perturbation_time "
+                    "may also be one value for all)",
+                )
+            elif f in single and f in (ids, types) and n > 1:
+                aligned = False
+                self.add(
+                    f"{loc}.{f}",
+                    single[f],
+                    f"is one value for a combination of {n} perturbations ({counter} has "
+                    f"{n}); give a list of {n} values, one per perturbation, in the same order",
+                )
+        # every component of every field, with its index
+        canonical: dict[str, list[str | None]] = {}
+        empty: dict[str, list[bool]] = {}
+        for f, values in parts.items():
+            canonical[f], empty[f] = [], []
+            for i, value in enumerate(values):
+                where = f"{loc}.{f}[{i}]"
+                blank = not _is_set(value)
+                empty[f].append(blank)
+                if blank:
+                    canonical[f].append("")
+                elif isinstance(value, str) and PERTURBATION_SEP in value:
+                    self.add(
+                        where,
+                        value,
+                        f"holds {PERTURBATION_SEP!r}; in a list each value is one perturbation's",
+                    )
+                    canonical[f].append(None)
+                else:
+                    canonical[f].append(self.check_field(where, FIELDS[f], value))
+        shared = {
+            f: self.check_field(f"{loc}.{f}", FIELDS[f], value) for f, value in single.items()
+        }
+        if not aligned:
+            return {}
+        # cross-field rules, component by component
+        seen: dict[tuple[str, str], int] = {}
+        for i in range(n):
+            index = f"[{i}]"
+            no_id = ids not in parts or empty[ids][i]
+            no_type = types not in parts or empty[types][i]
+            if no_id and no_type:
+                self.add(
+                    f"{loc}.{ids}{index}",
+                    None,
+                    "is empty and so is perturbation_type"
+                    f"{index}; each perturbation needs an id or a type",
+                )
+                continue
+            ptype = canonical[types][i] if types in parts else None
+            if ptype == "control" and n > 1:
+                self.add(
+                    f"{loc}.{types}{index}",
+                    parts[types][i],
+                    "cannot be combined with other perturbations: a control has no "
+                    "perturbation (send perturbation_type 'control' alone)",
+                )
+                continue
+            component = {
+                f: v
+                for f in (ids, types)
+                if f in parts and (v := canonical[f][i]) is not None and v != ""
+            }
+            self.check_perturbation(loc, component, type_given=not no_type, index=index)
+            pid = component.get(ids)
+            if pid is not None:
+                key = (component.get(types, ""), pid)
+                if key in seen:
+                    self.add(
+                        f"{loc}.{ids}{index}",
+                        pid,
+                        f"repeats perturbation {seen[key]} of this combination; give each "
+                        "perturbation once",
+                    )
+                seen.setdefault(key, i)
+        out: dict[str, str] = {}
+        for f in PERTURBATION_FIELDS:
+            if f in parts:
+                values = canonical[f]
+                if any(v is None for v in values) or not any(values):
+                    continue
+                out[f] = PERTURBATION_SEP.join(v or "" for v in values)
+            elif shared.get(f) is not None:
+                out[f] = shared[f]  # one dose / time for every component
+        return out
 
     # ------------------------------------------------------------------ counts
     def check_counts(self, loc: str, raw: Any) -> np.ndarray | None:

@@ -310,7 +310,9 @@ class Predictor:
                 zb = np.repeat(zb0, n, axis=0)
             effect, seen = self._effect(record, y0, mask)
             record["perturbation_seen"] = seen
-            parts_y.append(y + effect[None, :])
+            # a reference read as a gene panel is re-generated on its panel: its library
+            # stays on the genes it measured, as in the reference
+            parts_y.append(np.where(mask[None, :], y + effect[None, :], 0.0))
             parts_b.append(zb)
             parts_t.append(zt)
             parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
@@ -346,10 +348,11 @@ class Predictor:
                 probs[i][name] = dict(zip(classes, p[i].tolist(), strict=True))
                 predicted[i][name] = classes[int(best[i])]
         basal = np.stack([self._basal(c)[0] for c in counts])
+        basal_out = np.where(mask, basal, 0.0)  # a panel is decoded on its panel
         resid = basal - m.gene_mean[None, :]
         zt = m.project(resid, m.w_tech)
         zb = m.project(resid - zt @ m.w_tech, m.w_bio)
-        decoded = self._counts(basal, counts.sum(axis=1), "sample generation", rng)
+        decoded = self._counts(basal_out, counts.sum(axis=1), "sample generation", rng)
         return MetadataResult(
             self._metadata(predicted),
             probs,

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from opengem.eval.corpus import CorpusView
-from opengem.eval.units import Cell, PerturbationUnit
+from opengem.eval.units import Cell, PerturbationUnit, identity_of, restrict_cells
 
 __all__ = ["EffectTable"]
 
@@ -30,27 +30,7 @@ class EffectTable:
 
     def __init__(self, view: CorpusView, cells: Iterable[Cell], fitted: np.ndarray) -> None:
         self.view = view
-        fitted_set = np.zeros(view.obs.shape[0], dtype=bool)
-        fitted_set[np.asarray(fitted, dtype=np.intp)] = True
-        self.fitted = fitted_set
-        self.cells: list[Cell] = []
-        for c in cells:
-            pert = c.perturbed[fitted_set[c.perturbed]]
-            ctrl = c.controls[fitted_set[c.controls]]
-            if len(pert) and len(ctrl):
-                self.cells.append(
-                    Cell(
-                        c.study,
-                        c.context,
-                        c.key,
-                        c.perturbation,
-                        pert,
-                        ctrl,
-                        c.held_out,
-                        c.pair_keys,
-                        c.note,
-                    )
-                )
+        self.cells: list[Cell] = restrict_cells(cells, fitted, view.obs.shape[0])
         self._cache: dict[int, np.ndarray] = {}
 
     def effect(self, cell: Cell) -> np.ndarray:
@@ -98,7 +78,5 @@ class EffectTable:
 
     def single(self, study: str, part: dict[str, str]) -> list[Cell]:
         """Training cells of one single perturbation (type and id) in a study."""
-        from opengem.eval.units import identity_of
-
         ident = identity_of(part)
         return [t for t in self.cells if t.study == study and t.identity == ident]

@@ -32,6 +32,7 @@ __all__ = [
     "accuracy",
     "balanced_accuracy",
     "between_condition_correlation",
+    "binned_calibration_error",
     "classifier_auc",
     "direction_accuracy",
     "energy_distance",
@@ -918,14 +919,25 @@ def expected_calibration_error(
         raise ValueError(f"y_true_index has {yt.size} entries for {pr.shape[0]} rows of probs")
     if n_bins < 1:
         raise ValueError("n_bins must be positive")
-    if yt.size == 0:
-        return float("nan")
-    conf = pr.max(axis=1)
     correct = (pr.argmax(axis=1) == yt).astype(np.float64)
+    return binned_calibration_error(pr.max(axis=1), correct, n_bins)
+
+
+def binned_calibration_error(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 10) -> float:
+    """ECE from each sample's confidence and whether it was right (1.0 / 0.0).
+
+    The binning of :func:`expected_calibration_error`, for callers that decide
+    themselves what counts as right (e.g. an ontology ancestor of the truth).
+    ``nan`` for empty input.
+    """
+    conf = _as_float(confidence).ravel()
+    ok = _as_float(correct).ravel()
+    if conf.size == 0:
+        return float("nan")
     edges = np.arange(1, n_bins) / n_bins  # i / n_bins, correctly rounded
     bins = np.searchsorted(edges, conf, side="left")
     ece = 0.0
     for b in np.unique(bins):
         sel = bins == b
-        ece += sel.sum() / yt.size * abs(correct[sel].mean() - conf[sel].mean())
+        ece += sel.sum() / conf.size * abs(ok[sel].mean() - conf[sel].mean())
     return float(ece)

@@ -22,7 +22,14 @@ from typing import Any
 from opengem.eval.corpus import CorpusView, EvalError
 from opengem.eval.protocols import ALL, PROTOCOLS, ProtocolContext
 from opengem.eval.results import clean, summarise, verdicts
-from opengem.eval.training import Trainer, eval_config, train_bundle_model
+from opengem.eval.training import (
+    MAX_MINUTES_IGNORED,
+    Trainer,
+    base_config,
+    eval_config,
+    has_wall_clock_budget,
+    train_bundle_model,
+)
 
 __all__ = ["load_train_config", "run_all", "run_protocol"]
 
@@ -140,6 +147,7 @@ def run_protocol(
     trainer: Trainer | None = None,
     max_rotations: int | None = None,
     view: CorpusView | None = None,
+    shown_out: Path | str | None = None,
 ) -> dict[str, Any]:
     """Run one protocol end to end; write ``metrics.json`` (and ``report.html`` + PNGs).
 
@@ -157,7 +165,9 @@ def run_protocol(
         The documented tiny preset (:data:`opengem.eval.training.FAST_PRESET`) on a
         small training subset.
     max_minutes
-        Wall-clock safety stop per training; a training it stops is marked truncated.
+        Wall-clock safety cap per training, for configs whose ``[training]`` has a
+        wall-clock budget (``max_minutes``); a training it stops is marked truncated.
+        Without such a budget (the current exact fit) it has no effect, with a warning.
     studies
         Restrict units to these studies.
     command
@@ -169,6 +179,11 @@ def run_protocol(
         tests pass fake trainers.
     max_rotations
         At most this many trainings for the rotating protocols.
+    view
+        The corpus, already loaded (``corpus`` then only names it).
+    shown_out
+        The folder named in progress lines (default ``out``; :func:`run_all` writes
+        into a staging folder and names the final one).
 
     Returns
     -------
@@ -182,6 +197,8 @@ def run_protocol(
     start = time.perf_counter()
     view = view or CorpusView.load(corpus)
     cfg = eval_config(config, view.modality, fast, max_minutes)
+    if max_minutes is not None and not has_wall_clock_budget(cfg):
+        log(f"WARNING: {MAX_MINUTES_IGNORED}")
     log(
         f"{protocol} on {view.path or 'an in-memory corpus'} ({view.obs.shape[0]:,} samples, "
         f"{len(view.study_list())} studies){' --fast' if fast else ''}"
@@ -206,7 +223,7 @@ def run_protocol(
             write_report(metrics, result.figures, tmp)
     if metrics["truncated"]:
         log(f"WARNING: {protocol}: a training was stopped by the wall-clock cap (truncated)")
-    log(f"{protocol}: {len(result.units)} units -> {Path(out) / 'metrics.json'}")
+    log(f"{protocol}: {len(result.units)} units -> {Path(shown_out or out) / 'metrics.json'}")
     return metrics
 
 
@@ -231,6 +248,9 @@ def run_all(
     """
     log = log or _stderr
     view = CorpusView.load(corpus)
+    if max_minutes is not None and not has_wall_clock_budget(base_config(config, view.modality)):
+        log(f"WARNING: {MAX_MINUTES_IGNORED}")  # once, not once per protocol
+        max_minutes = None
     names = list(protocols or ALL[view.modality])
     command = command or f"opengem.eval.run_all({str(corpus)!r}, {str(out)!r}, fast={fast})"
     out = Path(out)
@@ -253,6 +273,7 @@ def run_all(
                     trainer=trainer,
                     max_rotations=max_rotations,
                     view=view,
+                    shown_out=out / name,
                 )
             except EvalError as exc:
                 if "training failed" in str(exc):

@@ -184,18 +184,6 @@ class FieldScores:
     correct: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
-def _ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
-    if confidence.size == 0:
-        return float("nan")
-    edges = np.arange(1, n_bins) / n_bins
-    bins = np.searchsorted(edges, confidence, side="left")
-    ece = 0.0
-    for b in np.unique(bins):
-        sel = bins == b
-        ece += sel.sum() / confidence.size * abs(correct[sel].mean() - confidence[sel].mean())
-    return float(ece)
-
-
 def metadata_field_scores(
     name: str, truth: Sequence[str], classes: Sequence[str], probs: np.ndarray
 ) -> FieldScores:
@@ -234,7 +222,7 @@ def metadata_field_scores(
         "accuracy_exact": float(exact.mean()),
         "balanced_accuracy": m.balanced_accuracy(t, credited),
         "macro_f1": m.macro_f1(t, credited),
-        "ece": _ece(confidence, ok.astype(np.float64)),
+        "ece": m.binned_calibration_error(confidence, ok.astype(np.float64)),
     }
     return FieldScores(
         metrics=metrics,

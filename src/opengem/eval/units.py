@@ -18,8 +18,8 @@ whose perturbed samples are held out and predicted from matched controls.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,7 @@ __all__ = [
     "PerturbationUnit",
     "identity_of",
     "perturbation_cells",
+    "restrict_cells",
     "target_genes",
 ]
 
@@ -157,6 +158,25 @@ class Cell:
         extra = [self.perturbation.get(f, "") for f in ("perturbation_dose", "perturbation_time")]
         extra_text = " ".join(e for e in extra if e)
         return f"{self.study}/{what}{f' {extra_text}' if extra_text else ''}/{self.context}"
+
+
+def restrict_cells(
+    cells: Iterable[Cell], rows: np.ndarray, n_rows: int, min_samples: int = 1
+) -> list[Cell]:
+    """Cells restricted to ``rows`` (e.g. those a model was fitted on), in order.
+
+    A cell keeps its perturbed and control rows that are in ``rows`` (everything
+    else as it was); cells left with fewer than ``min_samples`` perturbed or control
+    rows are dropped.
+    """
+    inside = np.zeros(n_rows, dtype=bool)
+    inside[np.asarray(rows, dtype=np.intp)] = True
+    out = []
+    for c in cells:
+        pert, ctrl = c.perturbed[inside[c.perturbed]], c.controls[inside[c.controls]]
+        if len(pert) >= min_samples and len(ctrl) >= min_samples:
+            out.append(replace(c, perturbed=pert, controls=ctrl))
+    return out
 
 
 @dataclass

@@ -64,12 +64,6 @@ def _top_pearson(a: np.ndarray, b: np.ndarray, n: int = 100) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def _standardise(rows: np.ndarray) -> np.ndarray:
-    mean = rows.mean(axis=1, keepdims=True)
-    sd = rows.std(axis=1, keepdims=True)
-    return (rows - mean) / np.where(sd > 0, sd, 1.0)
-
-
 class _Corpus:
     """The arrays of a corpus that fitting needs."""
 
@@ -222,12 +216,10 @@ def _units(
 
 
 def _context_similarity(ctx_mean: np.ndarray, ctx_mask: np.ndarray, hvg: np.ndarray) -> np.ndarray:
+    """Correlation between contexts' control means (the same measure a reference gets)."""
     if len(ctx_mean) == 0:
         return np.zeros((0, 0))
-    a = np.where(ctx_mask[:, hvg], ctx_mean[:, hvg], np.nan)
-    mean = np.nanmean(a, axis=1, keepdims=True)
-    sd = np.nanstd(a, axis=1, keepdims=True)
-    a = np.nan_to_num((a - mean) / np.where(sd > 0, sd, 1.0))
+    a = GEMModel.standardise(ctx_mean[:, hvg], ctx_mask[:, hvg])
     both = ctx_mask[:, hvg].astype(float) @ ctx_mask[:, hvg].T.astype(float)
     return (a @ a.T) / np.maximum(both, 1.0)
 
@@ -385,16 +377,24 @@ def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return sv, vt
 
 
-def _ridge(phi: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted ridge with unpenalised intercept (features pre-scaled; penalty 1)."""
+def _ridge(
+    phi: np.ndarray, y: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted ridge with unpenalised intercept (features pre-scaled; penalty 1).
+
+    Returns the intercept and the coefficients as the exact product ``a @ yc`` of a
+    (features × groups) matrix and the centred group targets (groups × genes): the
+    coefficients lie in the span of the targets, so this stores them without loss in
+    (features + genes) × groups numbers.
+    """
     wn = w / w.sum()
     phi_bar = wn @ phi
     y_bar = wn @ y
     pc = phi - phi_bar
     yc = y - y_bar
     gram = pc.T @ (w[:, None] * pc) + np.eye(phi.shape[1])
-    coef = np.linalg.solve(gram, pc.T @ (w[:, None] * yc))
-    return y_bar - phi_bar @ coef, coef
+    a = np.linalg.solve(gram, pc.T * w[None, :])
+    return y_bar - (phi_bar @ a) @ yc, a, yc
 
 
 # ----------------------------------------------------------------------- classifiers
@@ -528,15 +528,19 @@ def fit_model(
     phi = model.feature_rows(group_records)
     target = np.where(gmask, gmeans, gmean[None, :])
     for _ in range(max(1, config.imputation_rounds)):
-        intercept, coef = _ridge(phi, target, sizes.astype(np.float64))
-        fitted = intercept[None, :] + phi @ coef
+        intercept, a, yc = _ridge(phi, target, sizes.astype(np.float64))
+        fitted = intercept[None, :] + (phi @ a) @ yc
         target = np.where(gmask, gmeans, fitted)
-    sv, vt = _top_components(coef, config.mean_rank)
-    r = len(sv)
-    energy = float((sv**2).sum() / max(float((coef**2).sum()), 1e-12))
     model.gene_mean = intercept
-    model.coef_u = coef @ vt.T
-    model.coef_v = vt
+    if m <= config.mean_rank:  # exact
+        model.coef_u, model.coef_v = a, yc
+        r, energy = m, 1.0
+    else:  # more condition groups than the size budget allows: the top components
+        coef = a @ yc
+        sv, vt = _top_components(coef, config.mean_rank)
+        r = len(sv)
+        energy = float((sv**2).sum() / max(float((coef**2).sum()), 1e-12))
+        model.coef_u, model.coef_v = coef @ vt.T, vt
     log(f"  prior mean: {m} condition groups, {len(columns)} features, rank {r} ({energy:.4f})")
 
     # ---- variation: within-condition residuals (biological), study effects (technical)
@@ -560,7 +564,7 @@ def fit_model(
         model.noise_sd = np.zeros(c.g)
     study_cols = [j for j, (kind, name) in enumerate(columns) if name.startswith("study=")]
     if len(study_cols) >= 2:
-        eff = (scale[study_cols, None] * coef[study_cols]) if study_cols else np.zeros((0, c.g))
+        eff = scale[study_cols, None] * (a[study_cols] @ yc)
         eff = eff - eff.mean(axis=0)
         st, vt_t = _top_components(eff, config.latent_technical)
         model.w_tech = vt_t * (st / math.sqrt(len(study_cols)))[:, None]

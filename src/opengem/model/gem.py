@@ -60,7 +60,7 @@ class ModelConfig:
     latent_biological: int = 16
     latent_technical: int = 8
     latent_perturbation: int = 16
-    mean_rank: int = 192
+    mean_rank: int = 512
     ridge_terms: float = 0.3
     ridge_condition: float = 1.0
     ridge_study: float = 3.0
@@ -162,7 +162,7 @@ class GEMModel:
         for i, u in enumerate(self.units):
             self._units_by_key.setdefault(u.key, []).append(i)
         self._single_keys = {u.key for u in self.units if u.single}
-        self._ctx_hvg = self._standardise(
+        self._ctx_hvg = self.standardise(
             self.context_mean[:, self.hvg], self.context_mask[:, self.hvg]
         )
 
@@ -241,7 +241,8 @@ class GEMModel:
 
     # --------------------------------------------------------------- perturbation effects
     @staticmethod
-    def _standardise(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def standardise(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Rows z-scored over their measured genes (unmeasured -> 0)."""
         y = np.where(mask, y, np.nan)
         mean = np.nanmean(y, axis=1, keepdims=True)
         sd = np.nanstd(y, axis=1, keepdims=True)
@@ -251,7 +252,7 @@ class GEMModel:
         """Correlation of each row with every context's control mean (HVGs; rows × C)."""
         if not len(self.contexts):
             return np.zeros((len(y), 0))
-        a = self._standardise(y[:, self.hvg], mask[:, self.hvg])
+        a = self.standardise(y[:, self.hvg], mask[:, self.hvg])
         both = mask[:, self.hvg].astype(np.float64) @ self.context_mask[:, self.hvg].T.astype(
             np.float64
         )
@@ -300,24 +301,34 @@ class GEMModel:
         w = (x - xs[j - 1]) / (xs[j] - xs[j - 1]) if xs[j] > xs[j - 1] else 1.0
         return (1 - w) * effects[j - 1] + w * effects[j], mask
 
+    def _across_contexts(
+        self,
+        rows: list[int],
+        sim: np.ndarray,
+        per_context: Callable[[list[int]], tuple[np.ndarray, np.ndarray]],
+    ) -> np.ndarray:
+        """Kernel-weighted mean over contexts of each context's effect (gene by gene,
+        over the contexts that measured the gene)."""
+        by_context: dict[int, list[int]] = {}
+        for i in rows:
+            by_context.setdefault(self.units[i].context, []).append(i)
+        ctxs = sorted(by_context)
+        weights = self._kernel(sim[ctxs]) if sim.size else np.ones(len(ctxs))
+        total, wsum = np.zeros(self.n_genes), np.zeros(self.n_genes)
+        for w, c in zip(weights, ctxs, strict=True):
+            eff, mask = per_context(by_context[c])
+            total += w * np.where(mask, eff, 0.0)
+            wsum += w * mask
+        return np.where(wsum > 0, total / np.maximum(wsum, 1e-12), 0.0)
+
     def _single_effect(
         self, pert: Perturbation, sim: np.ndarray, gene_index: Callable[[str], int | None]
     ) -> tuple[np.ndarray, bool]:
-        rows = self._units_by_key.get(pert.key, [])
-        rows = [i for i in rows if self.units[i].single]
+        rows = [i for i in self._units_by_key.get(pert.key, []) if self.units[i].single]
         if rows:
-            by_context: dict[int, list[int]] = {}
-            for i in rows:
-                by_context.setdefault(self.units[i].context, []).append(i)
-            ctxs = sorted(by_context)
-            weights = self._kernel(sim[ctxs]) if sim.size else np.ones(len(ctxs))
-            total = np.zeros(self.n_genes)
-            wsum = np.zeros(self.n_genes)
-            for w, c in zip(weights, ctxs, strict=True):
-                eff, mask = self._interpolate(by_context[c], pert)
-                total += w * np.where(mask, eff, 0.0)
-                wsum += w * mask
-            return np.where(wsum > 0, total / np.maximum(wsum, 1e-12), 0.0), True
+            return self._across_contexts(
+                rows, sim, lambda mine: self._interpolate(mine, pert)
+            ), True
         # unseen: the type's mean effect, shrunk, and the on-target change for gene targets
         effect = self.type_effect.get(pert.type)
         out = (
@@ -345,18 +356,12 @@ class GEMModel:
         if not perts:
             return np.zeros(self.n_genes), True
         key = combination_key(perts)
-        if len(perts) > 1 and key in self._units_by_key:
-            rows = self._units_by_key[key]
-            ctxs = sorted({self.units[i].context for i in rows})
-            weights = self._kernel(sim[ctxs]) if sim.size else np.ones(len(ctxs))
-            total, wsum = np.zeros(self.n_genes), np.zeros(self.n_genes)
-            for w, c in zip(weights, ctxs, strict=True):
-                mine = [i for i in rows if self.units[i].context == c]
-                total += w * np.where(
-                    self.unit_mask[mine].all(0), self.unit_effect[mine].mean(0), 0
-                )
-                wsum += w * self.unit_mask[mine].all(0)
-            return np.where(wsum > 0, total / np.maximum(wsum, 1e-12), 0.0), True
+        if len(perts) > 1 and key in self._units_by_key:  # the combination itself was measured
+
+            def pooled(mine: list[int]) -> tuple[np.ndarray, np.ndarray]:
+                return self.unit_effect[mine].mean(0), self.unit_mask[mine].all(0)
+
+            return self._across_contexts(self._units_by_key[key], sim, pooled), True
         parts = [self._single_effect(p, sim, gene_index) for p in perts]
         total = np.sum([p[0] for p in parts], axis=0)
         if len(parts) > 1:

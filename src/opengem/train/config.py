@@ -19,7 +19,7 @@ class ModelSection(BaseModel):
     latent_biological: int = Field(16, ge=0)
     latent_technical: int = Field(8, ge=0)
     latent_perturbation: int = Field(16, ge=0)
-    mean_rank: int = Field(192, ge=1)
+    mean_rank: int = Field(512, ge=1)
     ridge_terms: float = Field(0.3, gt=0)
     ridge_condition: float = Field(1.0, gt=0)
     ridge_study: float = Field(3.0, gt=0)

@@ -43,6 +43,15 @@ class ProtocolContext:
             if unknown:
                 raise EvalError(f"--study {unknown} not in the corpus; studies: {present}")
 
+    def selects(self, study: str) -> bool:
+        """Whether units of ``study`` are evaluated (every study without ``--study``)."""
+        return not self.studies or study in self.studies
+
+    def selected_studies(self) -> list[str]:
+        """The corpus's studies that :meth:`selects` (``--study`` checked first)."""
+        self.check_studies()
+        return [s for s in self.view.study_list() if self.selects(s)]
+
     @contextmanager
     def trained(
         self,

@@ -18,7 +18,7 @@ from opengem.eval.effects import EffectTable
 from opengem.eval.protocols.base import ProtocolContext
 from opengem.eval.protocols.perturbation import score_perturbation_units
 from opengem.eval.results import ProtocolResult
-from opengem.eval.units import Cell, perturbation_cells, unit_of
+from opengem.eval.units import perturbation_cells, restrict_cells, unit_of
 
 NAME = "fit"
 BASELINES = ("no_change", "additive_in_sample")
@@ -29,27 +29,13 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
     view = ctx.view
     ctx.check_studies()
     cells = perturbation_cells(view)
-    chosen = [c for c in cells if not ctx.studies or c.study in ctx.studies]
+    chosen = [c for c in cells if ctx.selects(c.study)]
     focus = sorted({c.study for c in chosen})
     with ctx.trained(np.arange(view.obs.shape[0]), focus, "all data", []) as (client, fitted):
-        inside = np.zeros(view.obs.shape[0], dtype=bool)
-        inside[fitted] = True
-        units = []
-        for c in chosen:
-            pert, ctrl = c.perturbed[inside[c.perturbed]], c.controls[inside[c.controls]]
-            if len(pert) >= MIN_SAMPLES and len(ctrl) >= MIN_SAMPLES:
-                fitted_cell = Cell(
-                    c.study,
-                    c.context,
-                    c.key,
-                    c.perturbation,
-                    pert,
-                    ctrl,
-                    c.held_out,
-                    c.pair_keys,
-                    c.note,
-                )
-                units.append(unit_of(fitted_cell, max_scored=ctx.max_scored))
+        units = [
+            unit_of(c, max_scored=ctx.max_scored)
+            for c in restrict_cells(chosen, fitted, view.obs.shape[0], MIN_SAMPLES)
+        ]
         if not units:
             raise EvalError(
                 f"{NAME}: no perturbation with >= {MIN_SAMPLES} perturbed and control samples "

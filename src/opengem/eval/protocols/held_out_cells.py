@@ -22,8 +22,7 @@ MAX_CELLS = 600
 
 def run(ctx: ProtocolContext) -> ProtocolResult:
     view = ctx.view
-    ctx.check_studies()
-    studies = [s for s in view.study_list() if not ctx.studies or s in ctx.studies]
+    studies = ctx.selected_studies()
     if not studies:
         raise EvalError(f"{NAME}: no study selected")
     rng = np.random.default_rng(0)

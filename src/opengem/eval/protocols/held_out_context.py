@@ -15,11 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from opengem.eval.corpus import EvalError
-from opengem.eval.effects import EffectTable
 from opengem.eval.protocols.base import ProtocolContext
-from opengem.eval.protocols.perturbation import score_perturbation_units
+from opengem.eval.protocols.perturbation import Rotation, score_rotations
 from opengem.eval.results import ProtocolResult
-from opengem.eval.units import Cell, perturbation_cells, unit_of
+from opengem.eval.units import Cell, perturbation_cells
 
 NAME = "held-out-context"
 BASELINES = ("no_change", "additive_shift", "train_mean")
@@ -39,7 +38,7 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
     view = ctx.view
     ctx.check_studies()
     cells = perturbation_cells(view)
-    experiments = experiments_of([c for c in cells if not ctx.studies or c.study in ctx.studies])
+    experiments = experiments_of([c for c in cells if ctx.selects(c.study)])
     if not experiments:
         raise EvalError(
             "no held-out-context experiment (a perturbation with controls in two or more "
@@ -52,21 +51,12 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
     n_units = sum(min(len(v), n_rot) for v in experiments.values())
     ctx.log(f"{NAME}: {len(experiments)} experiments, {n_units} units, {n_rot} trainings")
     focus = sorted({c.study for v in experiments.values() for c in v})
-    all_rows = np.arange(view.obs.shape[0])
-    units, figures = [], []
+    rotations = []
     for k in range(n_rot):
         batch = [(name, v[k]) for name, v in experiments.items() if k < len(v)]
         held = np.unique(np.concatenate([c.held_out for _, c in batch]))
-        with ctx.trained(
-            np.setdiff1d(all_rows, held), focus, f"rotation {k}", [c.name for _, c in batch]
-        ) as (client, fitted):
-            table = EffectTable(view, cells, fitted)
-            todo = [unit_of(c, group=name, max_scored=ctx.max_scored) for name, c in batch]
-            res, figs = score_perturbation_units(
-                client, view, todo, table, BASELINES, lambda u, k=k: {"rotation": k}, ctx.log
-            )
-            units += res
-            figures += figs
+        rotations.append(Rotation(held, focus, [c.name for _, c in batch], batch))
+    units, figures = score_rotations(ctx, cells, rotations, BASELINES, lambda u, k: {"rotation": k})
     return ProtocolResult(
         NAME,
         units,

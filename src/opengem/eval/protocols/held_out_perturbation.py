@@ -14,11 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from opengem.eval.corpus import EvalError, perturbation_parts
-from opengem.eval.effects import EffectTable
 from opengem.eval.protocols.base import ProtocolContext
-from opengem.eval.protocols.perturbation import score_perturbation_units
+from opengem.eval.protocols.perturbation import Rotation, score_rotations
 from opengem.eval.results import ProtocolResult
-from opengem.eval.units import Cell, identity_of, perturbation_cells, unit_of
+from opengem.eval.units import Cell, identity_of, perturbation_cells
 
 NAME = "held-out-perturbation"
 BASELINES = ("no_change", "type_mean", "on_target_only")
@@ -57,7 +56,7 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
     view = ctx.view
     ctx.check_studies()
     cells = perturbation_cells(view)
-    chosen = [c for c in cells if not ctx.studies or c.study in ctx.studies]
+    chosen = [c for c in cells if ctx.selects(c.study)]
     types = perturbations_by_type(cells)
     n_rot = ctx.max_rotations or DEFAULT_ROTATIONS
     plan: list[list[tuple[str, list[Cell]]]] = []
@@ -71,25 +70,16 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
         raise EvalError(f"{NAME}: no perturbation type with two or more perturbations")
     n_units = sum(len(cs) for p in plan for _, cs in p)
     ctx.log(f"{NAME}: {len(types)} types, {n_units} units, {len(plan)} trainings")
-    all_rows = np.arange(view.obs.shape[0])
-    units, figures = [], []
-    for k, batch in enumerate(plan):
-        held = np.unique(np.concatenate([rows_with(view, ident) for ident, _ in batch]))
-        focus = sorted({c.study for _, cs in batch for c in cs})
-        with ctx.trained(
-            np.setdiff1d(all_rows, held), focus, f"rotation {k}", [i for i, _ in batch]
-        ) as (client, fitted):
-            table = EffectTable(view, cells, fitted)
-            todo = [
-                unit_of(c, group=ident, max_scored=ctx.max_scored)
-                for ident, cs in batch
-                for c in cs
-            ]
-            res, figs = score_perturbation_units(
-                client, view, todo, table, BASELINES, lambda u, k=k: {"rotation": k}, ctx.log
-            )
-            units += res
-            figures += figs
+    rotations = [
+        Rotation(
+            held=np.unique(np.concatenate([rows_with(view, ident) for ident, _ in batch])),
+            focus=sorted({c.study for _, cs in batch for c in cs}),
+            held_out=[i for i, _ in batch],
+            cells=[(ident, c) for ident, cs in batch for c in cs],
+        )
+        for batch in plan
+    ]
+    units, figures = score_rotations(ctx, cells, rotations, BASELINES, lambda u, k: {"rotation": k})
     return ProtocolResult(
         NAME,
         units,

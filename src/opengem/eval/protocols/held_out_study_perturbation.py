@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from opengem.eval.corpus import EvalError
-from opengem.eval.effects import EffectTable
 from opengem.eval.protocols.base import ProtocolContext
-from opengem.eval.protocols.perturbation import score_perturbation_units
+from opengem.eval.protocols.perturbation import Rotation, score_rotations
 from opengem.eval.results import ProtocolResult
-from opengem.eval.units import Cell, perturbation_cells, unit_of
+from opengem.eval.units import Cell, perturbation_cells
 
 NAME = "held-out-study-perturbation"
 BASELINES = ("no_change", "cross_study_additive", "train_mean")
@@ -45,7 +44,7 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
     plan: list[list[tuple[str, str, list[Cell]]]] = []
     for ident, studies in shared.items():
         for k, (study, cs) in enumerate(studies.items()):
-            if ctx.studies and study not in ctx.studies:
+            if not ctx.selects(study):
                 continue
             while len(plan) <= k:
                 plan.append([])
@@ -60,37 +59,22 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
         )
     n_units = sum(len(cs) for p in plan for _, _, cs in p)
     ctx.log(f"{NAME}: {len(shared)} shared perturbations, {n_units} units, {len(plan)} trainings")
-    all_rows = np.arange(view.obs.shape[0])
-    units, figures = [], []
-    for k, batch in enumerate(plan):
-        held = np.unique(np.concatenate([c.held_out for _, _, cs in batch for c in cs]))
-        focus = sorted({s for ident, _, _ in batch for s in shared[ident]})
-        with ctx.trained(
-            np.setdiff1d(all_rows, held),
-            focus,
-            f"rotation {k}",
-            [f"{ident} in {study}" for ident, study, _ in batch],
-        ) as (client, fitted):
-            table = EffectTable(view, cells, fitted)
-            todo = [
-                unit_of(c, group=ident, max_scored=ctx.max_scored)
-                for ident, _, cs in batch
-                for c in cs
-            ]
-            res, figs = score_perturbation_units(
-                client,
-                view,
-                todo,
-                table,
-                BASELINES,
-                lambda u, k=k: {
-                    "rotation": k,
-                    "seen_in_studies": sorted(set(shared[u.group]) - {u.study}),
-                },
-                ctx.log,
-            )
-            units += res
-            figures += figs
+    rotations = [
+        Rotation(
+            held=np.unique(np.concatenate([c.held_out for _, _, cs in batch for c in cs])),
+            focus=sorted({s for ident, _, _ in batch for s in shared[ident]}),
+            held_out=[f"{ident} in {study}" for ident, study, _ in batch],
+            cells=[(ident, c) for ident, _, cs in batch for c in cs],
+        )
+        for batch in plan
+    ]
+    units, figures = score_rotations(
+        ctx,
+        cells,
+        rotations,
+        BASELINES,
+        lambda u, k: {"rotation": k, "seen_in_studies": sorted(set(shared[u.group]) - {u.study})},
+    )
     return ProtocolResult(
         NAME,
         units,

@@ -15,7 +15,7 @@ output) or ``None`` with a reason when it does not apply.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,12 +24,19 @@ from opengem.eval import baselines as bl
 from opengem.eval.corpus import CorpusView, perturbation_parts
 from opengem.eval.effects import EffectTable
 from opengem.eval.metrics import top_degs
+from opengem.eval.protocols.base import ProtocolContext
 from opengem.eval.querying import ModelClient
 from opengem.eval.results import UnitResult
 from opengem.eval.scoring import perturbation_scores
-from opengem.eval.units import PerturbationUnit, target_genes
+from opengem.eval.units import Cell, PerturbationUnit, target_genes, unit_of
 
-__all__ = ["BASELINES", "BaselineInput", "score_perturbation_units"]
+__all__ = [
+    "BASELINES",
+    "BaselineInput",
+    "Rotation",
+    "score_perturbation_units",
+    "score_rotations",
+]
 
 
 @dataclass
@@ -235,3 +242,47 @@ def score_perturbation_units(
             + (f" [{error}]" if error else "")
         )
     return results, figures
+
+
+@dataclass
+class Rotation:
+    """One training of a perturbation protocol and the units scored after it."""
+
+    held: np.ndarray  # rows left out of the training
+    focus: list[str]  # studies a ``--fast`` training subset is built around
+    held_out: list[str]  # what is held out, as recorded with the training
+    cells: list[tuple[str, Cell]] = field(default_factory=list)  # (unit group, cell)
+    label: str | None = None  # the training's label (default ``"rotation k"``)
+
+
+def score_rotations(
+    ctx: ProtocolContext,
+    cells: Sequence[Cell],
+    rotations: Sequence[Rotation],
+    baselines: Sequence[str],
+    info: Callable[[PerturbationUnit, int], dict[str, object]] | None = None,
+) -> tuple[list[UnitResult], list[dict[str, object]]]:
+    """Train once per rotation (everything but its held rows) and score its units.
+
+    The baselines see the training effects of ``cells`` restricted to the rows each
+    model was fitted on; ``info(unit, k)`` adds to the info of a unit of rotation ``k``.
+    """
+    view = ctx.view
+    all_rows = np.arange(view.obs.shape[0])
+    units: list[UnitResult] = []
+    figures: list[dict[str, object]] = []
+    for k, rot in enumerate(rotations):
+        label = rot.label if rot.label is not None else f"rotation {k}"
+        with ctx.trained(np.setdiff1d(all_rows, rot.held), rot.focus, label, rot.held_out) as (
+            client,
+            fitted,
+        ):
+            table = EffectTable(view, cells, fitted)
+            todo = [unit_of(c, group=g, max_scored=ctx.max_scored) for g, c in rot.cells]
+            unit_info = None if info is None else (lambda u, k=k: info(u, k))
+            res, figs = score_perturbation_units(
+                client, view, todo, table, baselines, unit_info, ctx.log
+            )
+            units += res
+            figures += figs
+    return units, figures

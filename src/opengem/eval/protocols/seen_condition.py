@@ -24,8 +24,7 @@ MAX_HELD_CELLS = 50
 
 def run(ctx: ProtocolContext) -> ProtocolResult:
     view = ctx.view
-    ctx.check_studies()
-    eligible = [s for s in view.study_list() if not ctx.studies or s in ctx.studies]
+    eligible = ctx.selected_studies()
     rows_elig = np.flatnonzero(np.isin(view.studies, eligible))
     conditions = [g for g in condition_groups(view, rows_elig, tuple(FIELDS)) if len(g) >= 3]
     if not conditions:
@@ -50,17 +49,17 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
         inside[fitted] = True
         for study in unit_studies:
             idx = [i for i, g in enumerate(conditions) if view.studies[g[0]] == study]
-            keep = [
-                i
+            # each condition's training replicates the model was fitted on
+            trained = {
+                i: conditions[i][
+                    inside[conditions[i]] & ~np.isin(conditions[i], held_by_condition[i])
+                ]
                 for i in idx
-                if (inside[conditions[i]] & ~np.isin(conditions[i], held_by_condition[i])).any()
-            ]
+            }
+            keep = [i for i in idx if len(trained[i])]
             if not keep:
                 continue
-            train_g = [
-                conditions[i][inside[conditions[i]] & ~np.isin(conditions[i], held_by_condition[i])]
-                for i in keep
-            ]
+            train_g = [trained[i] for i in keep]
             unit = GenerationUnit(
                 name=study,
                 study=study,
