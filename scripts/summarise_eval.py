@@ -5,10 +5,12 @@
     python scripts/summarise_eval.py eval/bulk/held-out-context/metrics.json
 
 ``--headline`` prints the README's "How good is it?" table: per protocol the
-metrics that decide (issue thresholds), the model next to the strongest baseline
-and the "no perturbation sent" diagnostic. Without it, one full table per protocol:
-every summary metric, model, diagnostics and every baseline (means over units; per
-unit values in each protocol's metrics.json). "undefined" marks a metric that is
+metrics that decide (issue thresholds), the model next to its toughest baseline
+(compared on the units both are defined: a baseline that applies to a few units is
+set against the model on those units) and the "no perturbation sent" diagnostic.
+Without it, one full table per protocol: every summary metric, model, diagnostics
+and every baseline (means over units; per unit values in each protocol's
+metrics.json). "undefined" marks a metric that is
 undefined on every unit.
 """
 
@@ -19,6 +21,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from opengem.eval.results import toughest
 
 #: per protocol, the metrics of the headline table, in order
 HEADLINE = {
@@ -111,7 +115,7 @@ def protocols_of(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def headline_lines(paths: list[Path]) -> list[str]:
     """The headline table (Markdown lines) of summary.json / metrics.json files."""
-    columns = ["modality", "protocol (units)", "metric", "model", "strongest baseline"]
+    columns = ["modality", "protocol (units)", "metric", "model", "toughest baseline"]
     lines = [
         "| " + " | ".join([*columns, "no perturbation sent"]) + " |",
         "|---|---|---|---|---|---|",
@@ -128,9 +132,18 @@ def headline_lines(paths: list[Path]) -> list[str]:
             for metric in HEADLINE.get(name, []):
                 if metric not in model:
                     continue
-                best, value = _best(metric, baselines)
                 label = f"{name} ({p['n_units']})" + (" median" if name in MEDIAN else "")
-                base = f"{best} {fmt(value)}" if value is not None else "–"
+                pick = toughest(metric, s["paired"], name in MEDIAN) if "paired" in s else None
+                if pick is not None:  # compared on the units both are defined
+                    best, row = pick
+                    suffix = "_median" if name in MEDIAN else ""
+                    base = f"{best} {fmt(row['baseline' + suffix])}"
+                    defined = s.get("n_defined", {}).get(metric, row["n"])
+                    if row["n"] < defined:
+                        base += f" (model {fmt(row['model' + suffix])} on those {row['n']} units)"
+                else:
+                    best, value = _best(metric, baselines)
+                    base = f"{best} {fmt(value)}" if value is not None else "–"
                 lines.append(
                     f"| {modality} | {label} | {metric} | {fmt(model[metric])} | {base} | "
                     f"{fmt(diag.get(metric)) if diag else '–'} |"

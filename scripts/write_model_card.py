@@ -112,7 +112,14 @@ def main() -> None:
         "",
         "## What it is",
         "",
-        "A structured GEM model of log1p(CPM) over "
+        "A structured GEM model of log1p(CPM) "
+        + (
+            "(condition means, context means and effects as log1p of the mean CPM of a "
+            "group of cells: pseudobulk) "
+            if cfg["model"].get("mean_space") == "linear"
+            else ""
+        )
+        + "over "
         f"{len(info['gene_order']):,} human protein-coding genes (GENCODE v48), with three "
         f"latent groups (biological {cfg['model']['latent_biological']}, technical "
         f"{cfg['model']['latent_technical']}, perturbation {cfg['model']['latent_perturbation']} "
@@ -122,8 +129,9 @@ def main() -> None:
         f"({model.get('facts', {}).get('n_units', 0)} units in "
         f"{model.get('facts', {}).get('n_contexts', 0)} contexts), transferred to a "
         "reference through a context kernel (width "
-        f"{model.get('kernel_width') or 'infinite = the additive shift'}, chosen by "
-        "leave-one-context-out cross-validation), interpolated over dose, combinations "
+        f"{model.get('kernel_width') or 'infinite = the additive shift'}) with a level "
+        f"slope of {model.get('level_slope', 0.0):g} (both chosen by leave-one-context-out "
+        "cross-validation), interpolated over dose, combinations "
         f"scaled by {model.get('combination_scale', 1.0):.2f}; unseen perturbations "
         "shrunk toward their type's mean effect (and the on-target change per type: "
         + ", ".join(f"{k} {v:+.2f}" for k, v in sorted(model.get("on_target", {}).items()))

@@ -73,7 +73,7 @@ def test_additive_model_reproduces_the_additive_row(
         assert unit["diagnostics"]["no_perturbation_sent"]["pearson_delta_top100"] is None
     compound = [u for u in metrics["units"] if "compound" in str(u["perturbation"])]
     assert all(u["model"]["cf_pearson_delta_top100"] > 0.8 for u in compound)
-    assert "ties with the strongest baseline" in metrics["verdict"]["pearson_delta_top100"]
+    assert "ties with the toughest baseline" in metrics["verdict"]["pearson_delta_top100"]
 
 
 def test_collapsed_generator_has_diversity_one(corpus: anndata.AnnData, tmp_path: Path) -> None:
@@ -176,3 +176,19 @@ def test_all_writes_one_summary(corpus: anndata.AnnData, tmp_path: Path) -> None
         assert (out / name / "metrics.json").is_file()
         assert f"{name}/report.html" in html
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_single_cell_units_are_scored_as_pseudobulk(tmp_path: Path) -> None:
+    """The same corpus read as cells: units pool their cells into pseudobulk
+    pseudo-replicates, the unchanged reference still has no effect, and the additive
+    model (one shift per cell) still carries the planted compound effect."""
+    adata, _ = synthetic_corpus(n_genes=200, samples_per_condition=6, seed=1)
+    adata.uns["modality"] = "sc"
+    unchanged = run("held-out-context", adata, tmp_path / "fake", FakeModel)
+    for unit in unchanged["units"]:
+        assert unit["model"]["cf_pearson_delta_top100"] is None
+        assert unit["model"]["cf_magnitude_ratio_top100"] == 0.0
+    additive = run("held-out-context", adata, tmp_path / "additive", AdditiveModel)
+    compound = [u for u in additive["units"] if "compound" in str(u["perturbation"])]
+    assert compound
+    assert all(u["model"]["cf_pearson_delta_top100"] > 0.8 for u in compound)

@@ -304,12 +304,30 @@ def test_summary_and_verdicts_directions() -> None:
     assert math.isclose(summary["model"]["r2_all"], 0.8)
     assert math.isclose(summary["model"]["classifier_auc"], 0.55)  # NaN units skipped
     text = verdicts(units, summary)
-    assert "loses to the strongest baseline, b" in text["r2_all"]  # 0.800 < 0.825
+    assert "loses to the toughest baseline, b" in text["r2_all"]  # 0.800 < 0.825
     assert "better on 1 of 2 units" in text["r2_all"]
-    assert "loses to the strongest baseline, a" in text["energy_distance"]  # lower is better
-    assert "beats the strongest baseline, b" in text["classifier_auc"]  # closest to 0.5
+    assert "loses to the toughest baseline, a" in text["energy_distance"]  # lower is better
+    assert "beats the toughest baseline, b" in text["classifier_auc"]  # closest to 0.5
     assert summary["n_defined"]["classifier_auc"] == 1
     assert math.isclose(summary["median"]["model"]["r2_all"], 0.8)
+
+
+def test_a_baseline_of_a_few_units_is_compared_on_those_units() -> None:
+    # "easy" applies to the easy unit only: its mean (0.9) beats the model's overall mean
+    # (0.6), yet on that unit the model is better (0.95); "hard" applies everywhere
+    units = [
+        UnitResult("easy", "s", 3, model={"r2_all": 0.95}, baselines={"easy": {"r2_all": 0.9},
+                   "hard": {"r2_all": 0.5}}),
+        UnitResult("hard", "s", 3, model={"r2_all": 0.25}, baselines={"hard": {"r2_all": 0.3}}),
+    ]  # fmt: skip
+    summary = summarise(units)
+    assert summary["paired"]["easy"]["r2_all"]["n"] == 1
+    assert math.isclose(summary["paired"]["easy"]["r2_all"]["model"], 0.95)
+    text = verdicts(units, summary)["r2_all"]
+    # the model's paired gap to "hard" (0.6 vs 0.4) and to "easy" (0.95 vs 0.9): neither
+    # beats it, so the toughest is the one it leads by least
+    assert "beats the toughest baseline, easy (0.900" in text
+    assert "on the 1 units both are defined" in text
 
 
 # --------------------------------------------------------------------------- real corpus

@@ -143,7 +143,7 @@ class Predictor:
         if not perts:
             return np.zeros(self.model.n_genes), ""
         sim = self.model.context_similarity(y[None, :], mask[None, :])[0]
-        effect, seen = self.model.effect(perts, sim, self.genes.index_of)
+        effect, seen = self.model.effect(perts, sim, self.genes.index_of, y)
         return effect, "true" if seen else "false"
 
     def _latent_noise(

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from opengem.contract import FIELDS, PERTURBATION_FIELDS
-from opengem.eval.metrics import log_cpm
+from opengem.eval.metrics import log_cpm, pseudobulk, pseudobulk_mean
 
 __all__ = [
     "BIOLOGICAL_CONTEXT_FIELDS",
@@ -78,6 +78,10 @@ def perturbation_parts(record: dict[str, str]) -> list[dict[str, str]]:
                 part[f] = v
         out.append(part)
     return out
+
+
+#: pseudobulk pseudo-replicates a group of single cells is compared as
+POOLS = 5
 
 
 class CorpusView:
@@ -146,6 +150,31 @@ class CorpusView:
     def lcpm(self, rows: Sequence[int] | np.ndarray, study: str) -> np.ndarray:
         """log1p(CPM) of rows over the genes ``study`` measured (CPM within those genes)."""
         return log_cpm(self.counts(rows)[:, self.genes_of(study)])
+
+    @property
+    def pooled(self) -> bool:
+        """Whether rows are single cells, compared as pseudobulk (their mean CPM)."""
+        return self.modality == "sc"
+
+    def profile(self, rows: Sequence[int] | np.ndarray, study: str) -> np.ndarray:
+        """Mean expression of rows over the genes ``study`` measured, in log-CPM: the mean
+        of log-CPM for bulk samples, the pseudobulk (log of the mean CPM) for cells."""
+        return self.mean_of(self.lcpm(rows, study))
+
+    def mean_of(self, lcpm: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray:
+        """The mean profile of log-CPM rows in this corpus's space (see :meth:`profile`)."""
+        if self.pooled:
+            return pseudobulk_mean(lcpm, measured)
+        if measured is None:
+            return np.asarray(lcpm, dtype=np.float64).mean(axis=0)
+        w = np.asarray(measured, dtype=np.float64)
+        den = w.sum(axis=0)
+        return np.where(den > 0, (w * lcpm).sum(axis=0) / np.maximum(den, 1.0), 0.0)
+
+    def replicates(self, lcpm: np.ndarray) -> np.ndarray:
+        """Rows as compared: bulk samples as they are, cells as :data:`POOLS` pseudobulk
+        pseudo-replicates (row ``i`` in pool ``i % POOLS``, so paired rows pool alike)."""
+        return pseudobulk(lcpm, POOLS) if self.pooled else np.asarray(lcpm, dtype=np.float64)
 
     def measured(self, rows: Sequence[int] | np.ndarray, study: str) -> np.ndarray:
         """Bool (rows x genes of ``study``): whether each row's own study measured the gene."""

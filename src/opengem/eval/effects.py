@@ -39,9 +39,9 @@ class EffectTable:
         if k not in self._cache:
             genes = self.view.genes_of(cell.study)
             full = np.full(self.view.n_genes, np.nan)
-            full[genes] = self.view.lcpm(cell.perturbed, cell.study).mean(axis=0) - self.view.lcpm(
+            full[genes] = self.view.profile(cell.perturbed, cell.study) - self.view.profile(
                 cell.controls, cell.study
-            ).mean(axis=0)
+            )
             self._cache[k] = full
         return self._cache[k]
 

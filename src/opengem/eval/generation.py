@@ -78,9 +78,16 @@ def match_training(
     return train_rows, len(BACKOFF) - 1
 
 
+def _ceiling_rows(view: CorpusView, lcpm: np.ndarray) -> np.ndarray:
+    """Rows whose half-means estimate the ceiling: cells as many small pseudobulks."""
+    if not view.pooled:
+        return lcpm
+    return m.pseudobulk(lcpm, max(2, min(len(lcpm) // 5, 40)))
+
+
 def replicate_ceiling(view: CorpusView, groups: list[np.ndarray], study: str) -> float:
     values = [
-        m.replicate_ceiling(view.lcpm(g, study), seed=SEED, n_repeats=5)
+        m.replicate_ceiling(_ceiling_rows(view, view.lcpm(g, study)), seed=SEED, n_repeats=5)
         for g in groups
         if len(g) >= 2
     ]
@@ -123,9 +130,12 @@ def _nb_baseline(
     for rows, n in zip(unit.matches, sizes, strict=True):
         counts = view.counts(rows)[:, genes]
         measured = view.measured(rows, unit.study)
-        means.append(bl.condition_mean(counts, measured, wide_lcpm))
+        if view.pooled:
+            means.append(view.mean_of(m.log_cpm(counts), measured))
+        else:
+            means.append(bl.condition_mean(counts, measured, wide_lcpm))
         draws = bl.condition_mean_samples(counts, int(n), library, rng, phi, measured, wide_prop)
-        samples.append(m.log_cpm(draws.astype(np.float64)))
+        samples.append(view.replicates(m.log_cpm(draws.astype(np.float64))))
     return np.vstack(means), samples
 
 
@@ -142,9 +152,11 @@ def score_generation(
     real_rows = np.concatenate(unit.real)
     library = float(np.median(view.counts(real_rows)[:, genes].sum(axis=1)))
     gen_means, gen_samples, dropped = client.generate(unit.records, sizes, genes, library)
-    gen_groups = np.split(gen_samples, np.cumsum(sizes)[:-1])
+    gen_groups = [view.replicates(g) for g in np.split(gen_samples, np.cumsum(sizes)[:-1])]
+    gen_samples = np.vstack(gen_groups)
     real_groups = [view.lcpm(g, unit.study) for g in unit.real]
-    real_means = np.vstack([g.mean(axis=0) for g in real_groups])
+    real_means = np.vstack([view.mean_of(g) for g in real_groups])
+    real_groups = [view.replicates(g) for g in real_groups]
     cm_means, cm_groups = _nb_baseline(view, unit, sizes, genes, library, rng, fitted)
     ceiling = replicate_ceiling(view, unit.ceiling_groups, unit.study)
     model = generation_scores(gen_means, real_means, gen_groups, real_groups, ceiling)
@@ -169,7 +181,7 @@ def score_generation(
         "name": unit.name,
         "real": {"real": real_samples},
         "generated": {"model": gen_samples},
-        "condition_labels": np.repeat(np.arange(len(sizes)), sizes),
+        "condition_labels": np.repeat(np.arange(len(sizes)), [len(g) for g in gen_groups]),
         "real_mean": real_means.mean(0),
         "real_sd": real_samples.std(0),
         "gen_mean": {"model": gen_means.mean(0), "condition_mean": cm_means.mean(0)},

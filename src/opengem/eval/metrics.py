@@ -44,6 +44,8 @@ __all__ = [
     "on_target_error",
     "pearson",
     "pearson_delta",
+    "pseudobulk",
+    "pseudobulk_mean",
     "r2_of_means",
     "replicate_ceiling",
     "replicate_spread",
@@ -176,6 +178,35 @@ def _pca_scores(x: FloatArray, n_components: int | None) -> FloatArray:
 
 
 # --------------------------------------------------------------------------- expression space
+
+
+def pseudobulk_mean(lcpm: ArrayLike, measured: ArrayLike | None = None) -> FloatArray:
+    """The pseudobulk profile of rows of log-CPM: ``log1p`` of their mean CPM.
+
+    A single cell's log1p(CPM) is mostly 0 or a large value; the mean of those logs is
+    no expression level, the log of the mean CPM is (each cell weighs the same).
+    With ``measured`` (bool, same shape) a gene's mean is over the rows that measured
+    it (0 when none did).
+    """
+    x = np.expm1(np.clip(_as_matrix(lcpm, "lcpm"), 0.0, None))
+    if measured is None:
+        return np.log1p(x.mean(axis=0))
+    w = np.asarray(measured, dtype=np.float64)
+    den = w.sum(axis=0)
+    return np.log1p(np.where(den > 0, (w * x).sum(axis=0) / np.maximum(den, 1.0), 0.0))
+
+
+def pseudobulk(lcpm: ArrayLike, n_pools: int = 5) -> FloatArray:
+    """Pseudo-replicates: rows of log-CPM pooled into ``n_pools`` pseudobulk profiles.
+
+    Row ``i`` goes to pool ``i % n_pools`` (so paired inputs, such as references and
+    the predictions made from them, are pooled alike); each pool is
+    :func:`pseudobulk_mean` of its rows. Fewer rows than pools: one pool per row.
+    """
+    x = _as_matrix(lcpm, "lcpm")
+    k = max(1, min(int(n_pools), x.shape[0]))
+    pools = np.arange(x.shape[0]) % k
+    return np.vstack([pseudobulk_mean(x[pools == j]) for j in range(k)])
 
 
 def log_cpm(counts: ArrayLike) -> FloatArray:

@@ -25,6 +25,10 @@ __all__ = ["SEED", "ModelClient"]
 SEED = 0
 #: inputs per query (the contract allows 10,000 samples per query)
 CHUNK = 500
+#: the library single-cell outputs are read at: a cell's expected counts at its own
+#: ~200-5,000 reads round to a handful of top genes; at this depth the counts are the
+#: model's expected CPM (x10), which pseudobulk comparisons need
+EXPECTATION_TOTAL = 10_000_000
 
 
 class ModelClient:
@@ -75,6 +79,8 @@ class ModelClient:
                 "deterministic_latents": True,
                 "seed": SEED,
             }
+            if self.modality == "sc":
+                query |= {"total_count": EXPECTATION_TOTAL, "fixed_total_count": True}
             result = self.run(query, "reference-conditioning")
             out.append(log_cpm(np.asarray(result.counts, dtype=np.float64)[:, genes]))
         return np.vstack(out)
@@ -120,10 +126,11 @@ class ModelClient:
         """Condition means (mean estimation) and samples, log-CPM over ``genes``.
 
         Samples use "sample generation" for bulk; single-cell models support only
-        mean estimation, so their samples are mean-estimation cells.
+        mean estimation, so their samples are mean-estimation cells, read at
+        :data:`EXPECTATION_TOTAL` (their expected CPM).
         """
         usable, dropped = self.usable_metadata(records)
-        total = int(max(library, 1))
+        total = EXPECTATION_TOTAL if self.modality == "sc" else int(max(library, 1))
         means = self.run(
             {
                 "inputs": [{"metadata": r, "num_samples": 1} for r in usable],

@@ -25,6 +25,7 @@ __all__ = [
     "direction",
     "fmt",
     "summarise",
+    "toughest",
     "verdicts",
 ]
 
@@ -156,7 +157,61 @@ def summarise(units: Sequence[UnitResult]) -> dict[str, Any]:
     out.setdefault("baselines", {})
     out.setdefault("model", {})
     out["median"] = medians
+    out["paired"] = _paired(units)
     return out
+
+
+def _paired(units: Sequence[UnitResult]) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Per baseline and model metric: the model and the baseline on the units where both
+    are defined (``n``; mean and median of each), so a baseline that applies to a few
+    units is compared with the model on those units only."""
+    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    names = sorted({b for u in units for b in u.baselines})
+    for b in names:
+        rows: dict[str, dict[str, float | int]] = {}
+        metrics = {k for u in units for k in (u.baselines.get(b) or {})}
+        for k in sorted(metrics):
+            pairs = [
+                (u.model.get(k), (u.baselines.get(b) or {}).get(k))
+                for u in units
+                if u.model.get(k) is not None and (u.baselines.get(b) or {}).get(k) is not None
+            ]
+            pairs = [(m, v) for m, v in pairs if math.isfinite(m) and math.isfinite(v)]
+            if not pairs:
+                continue
+            arr = np.asarray(pairs, dtype=np.float64)
+            rows[k] = {
+                "n": len(pairs),
+                "model": float(arr[:, 0].mean()),
+                "baseline": float(arr[:, 1].mean()),
+                "model_median": float(np.median(arr[:, 0])),
+                "baseline_median": float(np.median(arr[:, 1])),
+            }
+        out[b] = rows
+    return out
+
+
+def toughest(
+    metric: str, paired: dict[str, dict[str, dict[str, Any]]], median: bool = False
+) -> tuple[str, dict[str, Any]] | None:
+    """The baseline the model compares worst with on ``metric`` (paired units), if any."""
+    how = direction(metric)
+    m_key, b_key = ("model_median", "baseline_median") if median else ("model", "baseline")
+
+    def gap(row: dict[str, Any]) -> float:
+        m, b = float(row[m_key]), float(row[b_key])
+        if how == "lower":
+            return m - b
+        if how == "half":
+            return abs(m - 0.5) - abs(b - 0.5)
+        if how == "one":
+            return abs(m - 1.0) - abs(b - 1.0)
+        return b - m
+
+    found = [(name, rows[metric]) for name, rows in paired.items() if metric in rows]
+    if not found:
+        return None
+    return max(found, key=lambda x: (gap(x[1]), x[1]["n"]))
 
 
 def _better(a: float, b: float, how: str) -> bool:
@@ -178,7 +233,12 @@ HOW = {
 
 
 def verdicts(units: Sequence[UnitResult], summary: dict[str, Any]) -> dict[str, str]:
-    """One plain-English sentence per model metric: the model against the strongest baseline."""
+    """One plain-English sentence per model metric: the model against its toughest baseline.
+
+    Each baseline is compared with the model on the units where both are defined
+    (a baseline that applies to a few units is not set against the model's mean
+    over all of them); the toughest is the one the model compares worst with.
+    """
     out: dict[str, str] = {}
     for metric, value in summary["model"].items():
         if metric.rsplit(":", 1)[-1] in DESCRIPTIVE:
@@ -210,28 +270,37 @@ def verdicts(units: Sequence[UnitResult], summary: dict[str, Any]) -> dict[str, 
                 f"{metric}: the model scores {value:.3f} ({HOW[how]}); no baseline reports it."
             )
             continue
-        best = next(iter(rivals))
-        for name, v in rivals.items():
-            if _better(v, rivals[best], how):
-                best = name
-        bv = rivals[best]
-        wins = n = 0
+        pick = toughest(metric, summary.get("paired") or _paired(units))
+        if pick is None:
+            out[metric] = (
+                f"{metric}: the model scores {value:.3f} ({HOW[how]}); no baseline shares "
+                "a unit with it."
+            )
+            continue
+        best, row = pick
+        mv, bv, n = float(row["model"]), float(row["baseline"]), int(row["n"])
+        wins = 0
         for u in units:
             mu = u.model.get(metric)
             bu = u.baselines.get(best, {}).get(metric)
             if mu is None or bu is None or not (math.isfinite(mu) and math.isfinite(bu)):
                 continue
-            n += 1
             wins += _better(mu, bu, how)
-        if math.isclose(value, bv, rel_tol=1e-9, abs_tol=1e-9):
+        if math.isclose(mv, bv, rel_tol=1e-9, abs_tol=1e-9):
             word = "ties with"
-        elif _better(value, bv, how):
+        elif _better(mv, bv, how):
             word = "beats"
         else:
             word = "loses to"
+        defined = int(summary.get("n_defined", {}).get(metric, n))
+        where = (
+            f"on the {n} units both are defined (the model's mean over its {defined}: {value:.3f})"
+            if n < defined
+            else f"over {n} units"
+        )
         out[metric] = (
-            f"{metric}: the model ({value:.3f}) {word} the strongest baseline, {best} "
-            f"({bv:.3f}; {HOW[how]}), better on {wins} of {n} units."
+            f"{metric}: the model ({mv:.3f}) {word} the toughest baseline, {best} "
+            f"({bv:.3f}; {HOW[how]}) {where}, better on {wins} of {n} units."
         )
     return out
 

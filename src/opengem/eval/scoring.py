@@ -64,6 +64,8 @@ def perturbation_scores(
     none: np.ndarray | None = None,
     targets: Sequence[int] = (),
     counterfactual: bool = True,
+    truth_base: np.ndarray | None = None,
+    deg_genes: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics of one predictor on one unit (log-CPM over the measured genes).
 
@@ -80,10 +82,16 @@ def perturbation_scores(
         Columns of the targeted genes (gene-targeting perturbations).
     counterfactual
         Whether to add the ``cf_`` metrics.
+    truth_base
+        Rows the true effect is measured against (default ``refs``): the context's
+        controls when ``real`` holds every perturbed sample, not only the scored ones.
+    deg_genes
+        Genes the top DEGs may be chosen from (default: every gene passing the
+        log-CPM filter of :func:`~opengem.eval.metrics.top_degs`).
     """
-    true_lfc = real.mean(axis=0) - refs.mean(axis=0)
+    true_lfc = real.mean(axis=0) - (refs if truth_base is None else truth_base).mean(axis=0)
     pred_lfc = _denoise(pred.mean(axis=0) - refs.mean(axis=0))
-    top100 = m.top_degs(controls, real, 100)
+    top100 = m.top_degs(controls, real, 100, genes=deg_genes)
     top20 = top100[:20]
     expressed = (controls.mean(axis=0) > 1.0) | (real.mean(axis=0) > 1.0)
     out = {

@@ -7,7 +7,8 @@ model, in seconds to minutes on a CPU, with no epochs to cap:
    studies (to put gene panels on the same scale) and the highly variable genes;
 2. perturbation units: mean(perturbed) − mean(matched control) per perturbation
    and context (matched within a declared ``match_group`` when the card has one);
-   the kernel width over contexts by leave-one-context-out cross-validation; type
+   the kernel width over contexts and the level slope (how far an effect follows the
+   new context's own level) by leave-one-context-out cross-validation; type
    means with a leave-one-perturbation-out shrinkage; on-target changes per type;
    the combination factor;
 3. prior mean: weighted ridge regression of condition means (perturbed samples
@@ -43,6 +44,7 @@ from opengem.model.vocab import Vocabulary
 
 Log = Callable[[str], None]
 KERNEL_GRID = (math.inf, 0.2, 0.1, 0.05, 0.02, 0.01)
+LEVEL_GRID = (0.0, -0.1, -0.2, -0.3, -0.5)
 DEFAULT_ON_TARGET = {"crispr": -1.0, "shrna": -1.0, "sirna": -1.0, "overexpression": 1.5}
 #: fields a metadata head is not trained for (identity of a study is not a sample property)
 _NOT_PREDICTED = ("study",)
@@ -54,6 +56,23 @@ def _quiet(message: str) -> None:
 
 def _dense_mean(y: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     return np.asarray(y[rows].mean(axis=0)).ravel()
+
+
+def _linear(y: sp.csr_matrix) -> sp.csr_matrix:
+    """CPM (share-scaled) from ``y = log1p(CPM)``, same sparsity."""
+    out = y.copy()
+    out.data = np.expm1(out.data)
+    return out
+
+
+def _group_mean(
+    y: sp.csr_matrix, linear: sp.csr_matrix | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``rows -> mean expression``: mean of log1p(CPM), or with ``linear`` (the CPM
+    matrix) log1p of the mean CPM (``ModelConfig.mean_space``)."""
+    if linear is None:
+        return lambda rows: _dense_mean(y, rows)
+    return lambda rows: np.log1p(_dense_mean(linear, rows))
 
 
 def _top_pearson(a: np.ndarray, b: np.ndarray, n: int = 100) -> float:
@@ -138,9 +157,13 @@ def _gene_moments(c: _Corpus, y: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray,
 
 
 def _units(
-    c: _Corpus, y: sp.csr_matrix
+    c: _Corpus, mean: Callable[[np.ndarray], np.ndarray]
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[Unit], np.ndarray, np.ndarray, np.ndarray]:
-    """Contexts with controls, their control means, and the perturbation units in them."""
+    """Contexts with controls, their control means, and the perturbation units in them.
+
+    ``mean(rows)`` is the mean expression of a group of samples (see
+    :func:`_group_mean`).
+    """
     perts = [perturbations_of(r) for r in c.records]
     ctx_of = [context_key(without_perturbation(r)) for r in c.records]
     by_ctx: dict[str, list[int]] = {}
@@ -160,7 +183,7 @@ def _units(
         ci = len(contexts)
         contexts.append(key)
         mask = c.study_masks[c.studies[rows[0]]]
-        ctrl_mean = _dense_mean(y, ctrl)
+        ctrl_mean = mean(ctrl)
         ctx_means.append(ctrl_mean)
         ctx_masks.append(mask)
         groups: dict[tuple[Any, ...], list[int]] = {}
@@ -180,8 +203,8 @@ def _units(
                 mc = ctrl[c.match[ctrl] == m]
                 mp = members_a[c.match[members_a] == m]
                 if len(mc) and len(mp):
-                    diffs.append(_dense_mean(y, mp) - _dense_mean(y, mc))
-            effect = np.mean(diffs, axis=0) if diffs else _dense_mean(y, members_a) - ctrl_mean
+                    diffs.append(mean(mp) - mean(mc))
+            effect = np.mean(diffs, axis=0) if diffs else mean(members_a) - ctrl_mean
             p0 = sorted(perts[members[0]], key=lambda q: q.key)
             unit = Unit(
                 key=ckey,
@@ -236,9 +259,16 @@ def _closest_dose(units: list[Unit], rows: list[int], target: Unit) -> int:
 
 
 def _choose_kernel(
-    units: list[Unit], effects: np.ndarray, masks: np.ndarray, sim: np.ndarray, log: Log
-) -> tuple[float, dict[str, float]]:
-    """Kernel width maximising leave-one-context-out Pearson (top-100 genes of each unit)."""
+    units: list[Unit],
+    effects: np.ndarray,
+    masks: np.ndarray,
+    sim: np.ndarray,
+    ctx_mean: np.ndarray,
+    log: Log,
+) -> tuple[float, float, dict[str, float]]:
+    """Kernel width and level slope maximising leave-one-context-out Pearson (top-100
+    genes of each unit): each unit predicted from the other contexts' units of its
+    perturbation, with the level term on its own context's control mean."""
     by_key: dict[str, dict[int, list[int]]] = {}
     for i, u in enumerate(units):
         if u.single:
@@ -257,26 +287,35 @@ def _choose_kernel(
                 cases.append((i, others))
     scores: dict[str, float] = {}
     if not cases:
-        return math.inf, scores
-    best, best_score = math.inf, -np.inf
+        return math.inf, 0.0, scores
+    best, best_slope, best_score = math.inf, 0.0, -np.inf
     for width in KERNEL_GRID:
-        vals = []
+        parts = []
         for i, others in cases:
             s = np.array([sim[units[i].context, c2] for c2, _ in others])
             w = np.ones_like(s) if not np.isfinite(width) else np.exp((s - s.max()) / width)
             rows = [j for _, j in others]
             m = masks[rows]
-            num = (w[:, None] * m * effects[rows]).sum(axis=0)
             den = (w[:, None] * m).sum(axis=0)
-            pred = np.where(den > 0, num / np.maximum(den, 1e-12), 0.0)
+            safe = np.maximum(den, 1e-12)
+            pred = np.where(den > 0, (w[:, None] * m * effects[rows]).sum(axis=0) / safe, 0.0)
+            ctxs = [c2 for c2, _ in others]
+            base = (w[:, None] * m * ctx_mean[ctxs]).sum(axis=0) / safe
+            gap = np.where(den > 0, ctx_mean[units[i].context] - base, 0.0)
             keep = masks[i] & (den > 0)
-            vals.append(_top_pearson(pred[keep], effects[i][keep]))
-        score = float(np.mean(vals))
-        scores["inf" if not np.isfinite(width) else f"{width:g}"] = round(score, 4)
-        if score > best_score + 1e-4:
-            best, best_score = width, score
-    log(f"  kernel over contexts: {scores} -> {best:g} ({len(cases)} held-out units)")
-    return best, scores
+            parts.append((pred[keep], gap[keep], effects[i][keep]))
+        for slope in LEVEL_GRID:
+            score = float(np.mean([_top_pearson(p + slope * g, e) for p, g, e in parts]))
+            label = "inf" if not np.isfinite(width) else f"{width:g}"
+            scores[f"{label}/{slope:g}"] = round(score, 4)
+            if score > best_score + 1e-4:
+                best, best_slope, best_score = width, slope, score
+    log(
+        f"  kernel over contexts: width {best:g}, level slope {best_slope:g} "
+        f"(held-out-context Pearson {best_score:.3f} vs additive "
+        f"{scores.get('inf/0', float('nan')):.3f}; {len(cases)} held-out units)"
+    )
+    return best, best_slope, scores
 
 
 def _type_statistics(
@@ -487,9 +526,14 @@ def fit_model(
     log(f"  {c.n:,} samples, {len(set(c.studies))} studies, {k_hvg} variable genes")
 
     # ---- perturbation units
-    contexts, ctx_mean, ctx_mask, units, effects, emasks, unit_of_sample = _units(c, y)
+    if config.mean_space not in ("log", "linear"):
+        raise ValueError(f"mean_space {config.mean_space!r}: expected 'log' or 'linear'")
+    linear = _linear(y) if config.mean_space == "linear" else None
+    contexts, ctx_mean, ctx_mask, units, effects, emasks, unit_of_sample = _units(
+        c, _group_mean(y, linear)
+    )
     sim = _context_similarity(ctx_mean, ctx_mask, hvg)
-    width, kernel_scores = _choose_kernel(units, effects, emasks, sim, log)
+    width, slope, kernel_scores = _choose_kernel(units, effects, emasks, sim, ctx_mean, log)
     type_effect, type_shrink, on_target = _type_statistics(units, effects, emasks, gene_index)
     combo = _combination_scale(units, effects, emasks)
     log(f"  {len(units)} perturbation units in {len(contexts)} contexts; combination x{combo:.2f}")
@@ -508,29 +552,35 @@ def fit_model(
     m = len(keys)
     ind = sp.csr_matrix((np.ones(c.n), (member, np.arange(c.n))), shape=(m, c.n))
     sizes = np.asarray(ind.sum(axis=1)).ravel()
-    sums = np.asarray((ind @ y).todense())
+    # condition means with perturbed samples moved back by their unit's effect: the
+    # mean of log1p(CPM) (residuals are taken around it) and, in linear mean space,
+    # log1p of the mean CPM (the prior's target; ``offset`` is the difference)
+    shift = np.zeros((m, c.g))
     if len(units):
-        shift = np.zeros((c.n, c.g))
-        has = unit_of_sample >= 0
-        shift_rows = np.flatnonzero(has)
+        shift_rows = np.flatnonzero(unit_of_sample >= 0)
         adj = sp.csr_matrix(
             (np.ones(len(shift_rows)), (member[shift_rows], unit_of_sample[shift_rows])),
             shape=(m, len(units)),
         )
-        sums -= adj @ effects
-        del shift
-    gmeans = sums / sizes[:, None]
+        shift = (adj @ effects) / sizes[:, None]
+    gmeans = np.asarray((ind @ y).todense()) / sizes[:, None] - shift
+    offset = None
+    if linear is not None:
+        offset = gmeans - (np.log1p(np.asarray((ind @ linear).todense()) / sizes[:, None]) - shift)
+    del shift
     first = np.array([np.flatnonzero(member == j)[0] for j in range(m)])
     gmask = c.masks(first)
     group_records = [adj_records[i] for i in first]
     columns, scale = _design(group_records, vocab, config)
     model = _skeleton(config, vocab, ref, hvg, columns, scale, c.g)
     phi = model.feature_rows(group_records)
-    target = np.where(gmask, gmeans, gmean[None, :])
+    observed = gmeans if offset is None else gmeans - offset
+    target = np.where(gmask, observed, gmean[None, :])
     for _ in range(max(1, config.imputation_rounds)):
         intercept, a, yc = _ridge(phi, target, sizes.astype(np.float64))
         fitted = intercept[None, :] + (phi @ a) @ yc
-        target = np.where(gmask, gmeans, fitted)
+        target = np.where(gmask, observed, fitted)
+    del observed, target
     model.gene_mean = intercept
     if m <= config.mean_rank:  # exact
         model.coef_u, model.coef_v = a, yc
@@ -583,13 +633,14 @@ def fit_model(
     model.unit_effect = effects.astype(np.float32)
     model.unit_mask = emasks
     model.kernel_width = width
+    model.level_slope = slope
     model.combination_scale = combo
     model.type_effect = type_effect
     model.type_shrink = type_shrink
     model.on_target = on_target
 
     # ---- metadata heads
-    _fit_classifiers(model, c, y, gmean, hvg, rng, log)
+    _fit_classifiers(model, c, gvar, rng, log)
 
     # ---- stored samples
     if store_samples:
@@ -611,7 +662,10 @@ def fit_model(
             if len(units):
                 sel = unit_of_sample[rows] >= 0
                 block[sel] -= effects[unit_of_sample[rows][sel]]
-            resid = np.where(c.masks(rows), block - prior[rec_index[rows]], 0.0)
+            centre = prior[rec_index[rows]]
+            if offset is not None:  # residuals around the mean of the logs
+                centre = centre + offset[member[rows]]
+            resid = np.where(c.masks(rows), block - centre, 0.0)
             zt[rows] = model.project(resid, model.w_tech)
             zb[rows] = model.project(resid - zt[rows] @ model.w_tech, model.w_bio)
         model.sample_z_bio = zb
@@ -649,20 +703,50 @@ def _skeleton(
     )  # fmt: skip
 
 
+class _QueryView:
+    """Training samples as a query brings them: counts only, no study gene mask.
+
+    A query's unmeasured genes are zeros unless :meth:`GEMModel.measured` reads the
+    sample as a gene panel, and its CPM is scaled by what that mask says. The heads
+    are trained on exactly these features (with the same fills), so a study's
+    unmeasured genes look the same in training and at prediction.
+    """
+
+    def __init__(self, model: GEMModel, c: _Corpus) -> None:
+        self.x = c.x
+        self.scale = np.zeros(c.n)
+        self.panel = np.zeros(c.n, dtype=bool)
+        for start in range(0, c.n, 1024):
+            rows = np.arange(start, min(c.n, start + 1024))
+            dense = self.x[rows].toarray()
+            mask = model.measured(dense)
+            self.panel[rows] = ~mask.all(axis=1)
+            share = np.clip((mask * model.ref_fraction[None, :]).sum(axis=1), 1e-6, 1.0)
+            self.scale[rows] = share * 1e6 / np.maximum(dense.sum(axis=1), 1.0)
+
+    def values(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log1p(CPM) (float64) and the measured mask of ``rows`` x ``cols``."""
+        x = self.x[rows][:, cols].toarray()
+        y = np.log1p(x * self.scale[rows, None])
+        mask = np.where(self.panel[rows, None], x > 0, True)
+        return y, mask
+
+
 def _fit_classifiers(
     model: GEMModel,
     c: _Corpus,
-    y: sp.csr_matrix,
-    gmean: np.ndarray,
-    hvg: np.ndarray,
+    gvar: np.ndarray,
     rng: np.random.Generator,
     log: Log,
 ) -> None:
     cfg = model.config
-    yh = np.asarray(y[:, hvg].todense())
-    mh = c.masks(np.arange(c.n), hvg)
-    center = gmean[hvg]
+    hvg = model.hvg
+    q = _QueryView(model, c)
+    all_rows = np.arange(c.n)
+    yh, mh = q.values(all_rows, hvg)
+    center = (yh * mh).sum(axis=0) / np.maximum(mh.sum(axis=0), 1)
     xh = np.where(mh, yh, center[None, :]) - center[None, :]
+    del yh, mh
     k = int(min(cfg.n_components, xh.shape[0] - 1, xh.shape[1]))
     cov = xh.T @ xh / max(len(xh) - 1, 1)
     evals, evecs = np.linalg.eigh(cov)
@@ -671,6 +755,7 @@ def _fit_classifiers(
     # a fixed sign per component (eigh leaves it free)
     comps *= np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])[:, None]
     scores = xh @ comps.T
+    del xh
     sd = scores.std(axis=0)
     sd = np.where(sd > 0, sd, 1.0)
     model.pca_center = center
@@ -679,7 +764,6 @@ def _fit_classifiers(
     z_pca = scores / sd
     # candidate genes of the heads: the most variable of the genes most studies measured
     cover = np.flatnonzero(c.study_coverage >= 0.5)
-    _, gvar, _ = _gene_moments(c, y)
     common = np.sort(cover[np.argsort(-gvar[cover], kind="stable")[: 4 * len(hvg)]])
     classifiers: dict[str, Classifier] = {}
     for name, fv in model.vocab.fields.items():
@@ -694,18 +778,20 @@ def _fit_classifiers(
         sub = rows
         if len(sub) > 5000:
             sub = np.sort(rng.choice(rows, 5000, replace=False))
-        ysub = np.asarray(y[sub][:, common].todense())
+        ysub, msub = q.values(sub, common)
+        fill = (ysub * msub).sum(axis=0) / np.maximum(msub.sum(axis=0), 1)
         genes = _top_genes(
-            np.where(c.masks(sub, common), ysub, gmean[common]),
+            np.where(msub, ysub, fill[None, :]),
             labels[sub],
             _balanced_weights(labels[sub], c.studies[sub]),
             np.arange(len(common)),
             cfg.n_field_genes,
         )
+        fill = fill[genes]
         genes = common[genes]
-        yg = np.asarray(y[rows][:, genes].todense())
-        yg = np.where(c.masks(rows, genes), yg, gmean[genes])
-        gm = yg.mean(axis=0)
+        yg, mg = q.values(rows, genes)
+        yg = np.where(mg, yg, fill[None, :])
+        gm = fill  # what a query's unmeasured genes are filled with, as here
         gs = yg.std(axis=0)
         gs = np.where(gs > 1e-6, gs, 1.0)
         feats = np.concatenate([z_pca[rows], (yg - gm) / gs], axis=1)

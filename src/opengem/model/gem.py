@@ -72,6 +72,12 @@ class ModelConfig:
     classifier_c: float = 1.0
     classifier_iterations: int = 300
     max_residual_rows: int = 2000
+    #: how a group of samples is averaged into a condition mean, a context mean and a
+    #: perturbation effect: "log" = mean of log1p(CPM) (bulk: deep samples, where the
+    #: two agree); "linear" = log1p of the mean CPM (single cells: a shallow cell's
+    #: log1p(CPM) is mostly 0 or a large value, and the mean of those logs is no
+    #: expression level; expected counts need the log of the mean, as pseudobulk does)
+    mean_space: str = "log"
 
 
 @dataclass
@@ -155,6 +161,11 @@ class GEMModel:
     sample_z_bio: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     sample_z_tech: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     facts: dict[str, Any] = field(default_factory=dict)
+    #: a seen perturbation's effect in a new sample moves with how far the sample's own
+    #: level lies from the training contexts' control level: Δ + slope·(y − y_ctx). 0 =
+    #: additive shift; -1 = the perturbed level of the training contexts (chosen with the
+    #: kernel width by leave-one-context-out cross-validation)
+    level_slope: float = 0.0
 
     def __post_init__(self) -> None:
         self._column_index = {c: i for i, c in enumerate(self.columns)}
@@ -306,28 +317,41 @@ class GEMModel:
         rows: list[int],
         sim: np.ndarray,
         per_context: Callable[[list[int]], tuple[np.ndarray, np.ndarray]],
+        y: np.ndarray | None = None,
     ) -> np.ndarray:
         """Kernel-weighted mean over contexts of each context's effect (gene by gene,
-        over the contexts that measured the gene)."""
+        over the contexts that measured the gene), plus ``level_slope`` times how far
+        the sample ``y`` lies from those contexts' (equally weighted) control means."""
         by_context: dict[int, list[int]] = {}
         for i in rows:
             by_context.setdefault(self.units[i].context, []).append(i)
         ctxs = sorted(by_context)
         weights = self._kernel(sim[ctxs]) if sim.size else np.ones(len(ctxs))
         total, wsum = np.zeros(self.n_genes), np.zeros(self.n_genes)
+        base = np.zeros(self.n_genes)
         for w, c in zip(weights, ctxs, strict=True):
             eff, mask = per_context(by_context[c])
             total += w * np.where(mask, eff, 0.0)
+            base += w * np.where(mask, self.context_mean[c], 0.0)
             wsum += w * mask
-        return np.where(wsum > 0, total / np.maximum(wsum, 1e-12), 0.0)
+        seen = wsum > 0
+        out = np.where(seen, total / np.maximum(wsum, 1e-12), 0.0)
+        if y is not None and self.level_slope:
+            base = base / np.maximum(wsum, 1e-12)
+            out = out + np.where(seen, self.level_slope * (y - base), 0.0)
+        return out
 
     def _single_effect(
-        self, pert: Perturbation, sim: np.ndarray, gene_index: Callable[[str], int | None]
+        self,
+        pert: Perturbation,
+        sim: np.ndarray,
+        gene_index: Callable[[str], int | None],
+        y: np.ndarray | None = None,
     ) -> tuple[np.ndarray, bool]:
         rows = [i for i in self._units_by_key.get(pert.key, []) if self.units[i].single]
         if rows:
             return self._across_contexts(
-                rows, sim, lambda mine: self._interpolate(mine, pert)
+                rows, sim, lambda mine: self._interpolate(mine, pert), y
             ), True
         # unseen: the type's mean effect, shrunk, and the on-target change for gene targets
         effect = self.type_effect.get(pert.type)
@@ -348,8 +372,10 @@ class GEMModel:
         perts: Sequence[Perturbation],
         sim: np.ndarray,
         gene_index: Callable[[str], int | None],
+        y: np.ndarray | None = None,
     ) -> tuple[np.ndarray, bool]:
-        """Δ (log space) of a perturbation list for a sample with context similarities ``sim``.
+        """Δ (log space) of a perturbation list for a sample with context similarities ``sim``
+        (and log expression ``y``, for the level term of a seen single perturbation).
 
         Returns the effect and whether every component (or the combination) was seen.
         """
@@ -362,7 +388,9 @@ class GEMModel:
                 return self.unit_effect[mine].mean(0), self.unit_mask[mine].all(0)
 
             return self._across_contexts(self._units_by_key[key], sim, pooled), True
-        parts = [self._single_effect(p, sim, gene_index) for p in perts]
+        parts = [
+            self._single_effect(p, sim, gene_index, y if len(perts) == 1 else None) for p in perts
+        ]
         total = np.sum([p[0] for p in parts], axis=0)
         if len(parts) > 1:
             total = total * self.combination_scale
@@ -452,6 +480,7 @@ class GEMModel:
             "units": [asdict(u) for u in self.units],
             "kernel_width": None if not np.isfinite(self.kernel_width) else self.kernel_width,
             "combination_scale": self.combination_scale,
+            "level_slope": self.level_slope,
             "type_shrink": self.type_shrink,
             "on_target": self.on_target,
             "classifiers": {
@@ -509,6 +538,7 @@ class GEMModel:
             unit_mask=np.unpackbits(arrays["unit_mask"], axis=1, count=n).astype(bool),
             kernel_width=math.inf if width is None else float(width),
             combination_scale=float(structure["combination_scale"]),
+            level_slope=float(structure.get("level_slope", 0.0)),
             type_effect={
                 k.split(".", 1)[1]: f32(k) for k in arrays if k.startswith("type_effect.")
             },

@@ -31,6 +31,7 @@ class ModelSection(BaseModel):
     classifier_c: float = Field(1.0, gt=0)
     classifier_iterations: int = Field(300, ge=1)
     max_residual_rows: int = Field(2000, ge=10)
+    mean_space: str = Field("log", pattern="^(log|linear)$")
 
 
 class TrainingSection(BaseModel):

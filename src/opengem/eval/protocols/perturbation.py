@@ -1,6 +1,9 @@
 """Scoring perturbation units: the model (with and without the perturbation) and baselines.
 
-Each unit's perturbed samples are predicted from their matched controls with
+Single cells are compared as pseudobulk pseudo-replicates
+(:meth:`~opengem.eval.corpus.CorpusView.replicates`): a cell's log1p(CPM) is no
+expression level, the mean CPM of many cells is. Each unit's perturbed samples are
+predicted from their matched controls with
 ``conditioning`` = biological + technical, once with the perturbation and once with
 none (empty metadata = control). The model's row carries the counterfactual
 metrics; the diagnostic row ``no_perturbation_sent`` scores the no-perturbation
@@ -52,6 +55,20 @@ class BaselineInput:
 
 
 Prediction = tuple[np.ndarray | None, str | None]
+
+#: cells behind a single-cell unit's true effect (a seeded subsample of larger sets)
+TRUTH_CELLS = 2000
+#: reads a gene needs on one side of a single-cell unit (at the depth of the shallower
+#: side) to be one of its top DEGs
+MIN_DEG_READS = 20
+
+
+def _capped(rows: np.ndarray) -> np.ndarray:
+    if len(rows) <= TRUTH_CELLS:
+        return rows
+    return np.sort(np.random.default_rng(0).choice(rows, TRUTH_CELLS, replace=False))
+
+
 Baseline = Callable[[BaselineInput], Prediction]
 
 
@@ -132,7 +149,7 @@ def train_mean(x: BaselineInput) -> Prediction:
     if not rows:
         return None, "no training sample to average"
     rows = sorted(set(rows))
-    mean = bl.train_mean(x.view.lcpm(rows, x.unit.study), x.view.measured(rows, x.unit.study))
+    mean = x.view.mean_of(x.view.lcpm(rows, x.unit.study), x.view.measured(rows, x.unit.study))
     return np.tile(mean, (len(x.refs), 1)), note
 
 
@@ -161,25 +178,52 @@ def score_perturbation_units(
     results, figures = [], []
     for u in units:
         genes = view.genes_of(u.study)
-        real = view.lcpm(u.scored, u.study)
-        refs = view.lcpm(u.references, u.study)
-        ctrls = view.lcpm(u.controls, u.study)
+        # cells are compared as pseudobulk pseudo-replicates, paired with their references;
+        # their true effect is that of every perturbed cell (at most TRUTH_CELLS) against
+        # every control, not only of the scored subsample (whose top genes are its noise)
+        refs = view.replicates(view.lcpm(u.references, u.study))
+        # (and their DEGs are genes with enough reads to have an effect, not a few counts)
+        deg_genes: np.ndarray | None = None
+        if view.pooled:
+            perturbed, controls = _capped(u.cell.perturbed), _capped(u.controls)
+            real = view.replicates(view.lcpm(perturbed, u.study))
+            ctrls = view.replicates(view.lcpm(controls, u.study))
+            truth_base: np.ndarray | None = ctrls
+            reads = [view.counts(r)[:, genes].sum(axis=0) for r in (perturbed, controls)]
+            depth = min(float(r.sum()) for r in reads)  # reads at the shallower side's depth
+            scaled = np.maximum(*[r / max(float(r.sum()), 1.0) * depth for r in reads])
+            deg_genes = np.flatnonzero(scaled >= MIN_DEG_READS)
+        else:
+            real = view.lcpm(u.scored, u.study)
+            ctrls = view.lcpm(u.controls, u.study)
+            truth_base = None
         targets = target_genes(u.cell.perturbation, genes)
         error = None
         try:
             metadata = [view.record(int(r), PERTURBATION_FIELDS) for r in u.scored]
-            pred = client.from_references(view, u.references, metadata, genes)
-            none = client.from_references(view, u.references, [{}] * len(u.scored), genes)
-            model = perturbation_scores(pred, real, refs, ctrls, none, targets)
+            pred = view.replicates(client.from_references(view, u.references, metadata, genes))
+            none = view.replicates(
+                client.from_references(view, u.references, [{}] * len(u.scored), genes)
+            )
+            model = perturbation_scores(
+                pred, real, refs, ctrls, none, targets, truth_base=truth_base, deg_genes=deg_genes
+            )
             diagnostics = {
                 "no_perturbation_sent": perturbation_scores(
-                    none, real, refs, ctrls, targets=targets, counterfactual=False
+                    none,
+                    real,
+                    refs,
+                    ctrls,
+                    targets=targets,
+                    counterfactual=False,
+                    truth_base=truth_base,
+                    deg_genes=deg_genes,
                 )
             }
         except QueryError as exc:
             error = f"the model cannot take this unit's query: {exc}"
             pred = none = None
-            template = perturbation_scores(refs, real, refs, ctrls, None, targets)
+            template = perturbation_scores(refs, real, refs, ctrls, None, targets)  # keys only
             model = {k: float("nan") for k in template}
             diagnostics = {}
         x = BaselineInput(view, u, refs, genes, targets, table)
@@ -194,7 +238,9 @@ def score_perturbation_units(
                 continue
             p = bl.renormalise(p)
             preds[name] = p
-            rows[name] = perturbation_scores(p, real, refs, ctrls, None, targets)
+            rows[name] = perturbation_scores(
+                p, real, refs, ctrls, None, targets, truth_base=truth_base, deg_genes=deg_genes
+            )
         result = UnitResult(
             name=u.name,
             study=u.study,
@@ -214,15 +260,16 @@ def score_perturbation_units(
             error=error,
         )
         results.append(result)
-        top = top_degs(ctrls, real, 100)
+        top = top_degs(ctrls, real, 100, genes=deg_genes)
         ref_mean = refs.mean(0)
+        base_mean = (refs if truth_base is None else truth_base).mean(0)
         pred_lfc = {n: (p.mean(0) - ref_mean)[top] for n, p in preds.items() if n != "no_change"}
         if pred is not None and none is not None:
             pred_lfc = {"model": (pred.mean(0) - none.mean(0))[top], **pred_lfc}
         figures.append(
             {
                 "name": u.name,
-                "true_lfc": (real.mean(0) - ref_mean)[top],
+                "true_lfc": (real.mean(0) - base_mean)[top],
                 "pred_lfc": pred_lfc,
                 "real": {"control": ctrls, "perturbed": real},
                 "generated": {} if pred is None else {"perturbed": pred},
