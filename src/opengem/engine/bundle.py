@@ -29,6 +29,8 @@ WEIGHTS, MANIFEST = "weights.safetensors", "bundle.json"
 _FP16_MIN_SIZE = 4096  # float arrays with more elements are stored as float16
 #: row-quantised to int8 (values within a row share one scale)
 _INT8 = ("unit_effect", "context_mean")
+#: expression shares (down to ~1e-8: float16 would flush them toward zero), float32
+_FLOAT32 = ("ref_fraction", "floor_fraction")
 
 
 class BundleError(ValueError):
@@ -66,7 +68,8 @@ def _encode_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             out[f"{name}.q"] = np.rint(value / scale[:, None]).astype(np.int8)
             out[f"{name}.scale"] = scale
         elif value.dtype.kind == "f":
-            dtype = np.float16 if value.size >= _FP16_MIN_SIZE else np.float32
+            small = value.size < _FP16_MIN_SIZE or name in _FLOAT32
+            dtype = np.float32 if small else np.float16
             out[name] = value.astype(dtype)
         else:
             out[name] = value

@@ -113,7 +113,14 @@ class _Corpus:
         return m[self.study_index[rows]]
 
 
-def _reference_fraction(c: _Corpus) -> np.ndarray:
+#: the quantile over whole-transcriptome studies of a gene's share that a zero must
+#: contradict for the panel test (:meth:`GEMModel.measured`)
+FLOOR_QUANTILE = 0.1
+
+
+def _reference_fraction(c: _Corpus) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene's mean expression share over whole-transcriptome studies, and its
+    low (:data:`FLOOR_QUANTILE`) quantile over those studies' means."""
     measured = {s: int(m.sum()) for s, m in c.study_masks.items() if s in set(c.studies)}
     top = max(measured.values())
     full = [s for s, k in measured.items() if k >= 0.6 * top]
@@ -123,8 +130,9 @@ def _reference_fraction(c: _Corpus) -> np.ndarray:
         frac = sp.diags(1.0 / np.maximum(c.library[rows], 1.0)) @ c.x[rows]
         parts.append(np.asarray(frac.mean(axis=0)).ravel())
     ref = np.mean(parts, axis=0)
+    floor = np.quantile(np.array(parts), FLOOR_QUANTILE, axis=0)
     # genes no whole-transcriptome study measured: the share they hold where measured
-    return np.maximum(ref, 0.0) / max(ref.sum(), 1e-12)
+    return np.maximum(ref, 0.0) / max(ref.sum(), 1e-12), np.maximum(floor, 0.0)
 
 
 def _log_expression(c: _Corpus, ref: np.ndarray) -> sp.csr_matrix:
@@ -465,6 +473,15 @@ def _fit_softmax(
     return res.x[: d * n_classes].reshape(d, n_classes), res.x[d * n_classes :]
 
 
+def _head_weights(y: np.ndarray, studies: np.ndarray, balance: str) -> np.ndarray:
+    """Sample weights of a metadata head (``ModelConfig.classifier_balance``)."""
+    if balance == "none":
+        return np.ones(len(y))
+    if balance == "class":
+        return _balanced_weights(y, np.zeros(len(y), dtype=np.int64))
+    return _balanced_weights(y, studies)
+
+
 def _balanced_weights(y: np.ndarray, studies: np.ndarray) -> np.ndarray:
     keys = [f"{s}\t{v}" for s, v in zip(studies, y, strict=True)]
     counts: dict[str, int] = {}
@@ -517,7 +534,7 @@ def fit_model(
     """Fit every component of the model (see the module docstring)."""
     rng = np.random.default_rng(seed)
     c = _Corpus(counts, records, studies, study_masks, match_groups)
-    ref = _reference_fraction(c)
+    ref, floor = _reference_fraction(c)
     y = _log_expression(c, ref)
     gmean, gvar, _ = _gene_moments(c, y)
     common = c.study_coverage >= 0.5
@@ -573,6 +590,7 @@ def fit_model(
     group_records = [adj_records[i] for i in first]
     columns, scale = _design(group_records, vocab, config)
     model = _skeleton(config, vocab, ref, hvg, columns, scale, c.g)
+    model.floor_fraction = floor
     phi = model.feature_rows(group_records)
     observed = gmeans if offset is None else gmeans - offset
     target = np.where(gmask, observed, gmean[None, :])
@@ -746,7 +764,6 @@ def _fit_classifiers(
     yh, mh = q.values(all_rows, hvg)
     center = (yh * mh).sum(axis=0) / np.maximum(mh.sum(axis=0), 1)
     xh = np.where(mh, yh, center[None, :]) - center[None, :]
-    del yh, mh
     k = int(min(cfg.n_components, xh.shape[0] - 1, xh.shape[1]))
     cov = xh.T @ xh / max(len(xh) - 1, 1)
     evals, evecs = np.linalg.eigh(cov)
@@ -761,7 +778,10 @@ def _fit_classifiers(
     model.pca_center = center
     model.pca_components = comps
     model.score_std = sd
-    z_pca = scores / sd
+    model.pca_noise = float(max(np.trace(cov) - evals[order].sum(), 0.0) / max(len(hvg), 1))
+    # panels as a query's are scored: from the genes they measured
+    z_pca = model.pca_scores(yh, mh)
+    del yh, mh
     # candidate genes of the heads: the most variable of the genes most studies measured
     cover = np.flatnonzero(c.study_coverage >= 0.5)
     common = np.sort(cover[np.argsort(-gvar[cover], kind="stable")[: 4 * len(hvg)]])
@@ -774,7 +794,7 @@ def _fit_classifiers(
         rows = np.flatnonzero(labels >= 0)
         if len(rows) < 4 or len(set(labels[rows])) < 2:
             continue
-        w = _balanced_weights(labels[rows], c.studies[rows])
+        w = _head_weights(labels[rows], c.studies[rows], cfg.classifier_balance)
         sub = rows
         if len(sub) > 5000:
             sub = np.sort(rng.choice(rows, 5000, replace=False))
@@ -783,7 +803,7 @@ def _fit_classifiers(
         genes = _top_genes(
             np.where(msub, ysub, fill[None, :]),
             labels[sub],
-            _balanced_weights(labels[sub], c.studies[sub]),
+            _head_weights(labels[sub], c.studies[sub], cfg.classifier_balance),
             np.arange(len(common)),
             cfg.n_field_genes,
         )
@@ -798,7 +818,9 @@ def _fit_classifiers(
         fit_rows = np.arange(len(rows))
         if len(rows) > 10000:  # a seeded subsample (the weights keep every study and class)
             fit_rows = np.sort(rng.choice(len(rows), 10000, replace=False))
-            w = _balanced_weights(labels[rows][fit_rows], c.studies[rows][fit_rows])
+            w = _head_weights(
+                labels[rows][fit_rows], c.studies[rows][fit_rows], cfg.classifier_balance
+            )
         weight, bias = _fit_softmax(
             feats[fit_rows],
             labels[rows][fit_rows],
@@ -835,7 +857,7 @@ def _temperature(
         cap = np.flatnonzero(train)
         if len(cap) > 5000:
             cap = np.sort(rng.choice(cap, 5000, replace=False))
-        w = _balanced_weights(labels[cap], studies[cap])
+        w = _head_weights(labels[cap], studies[cap], cfg.classifier_balance)
         wm, b = _fit_softmax(feats[cap], labels[cap], w, n_classes, cfg.classifier_c, 100)
         seen = test & np.isin(labels, labels[cap])
         if seen.any():

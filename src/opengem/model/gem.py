@@ -78,6 +78,9 @@ class ModelConfig:
     #: log1p(CPM) is mostly 0 or a large value, and the mean of those logs is no
     #: expression level; expected counts need the log of the mean, as pseudobulk does)
     mean_space: str = "log"
+    #: sample weights of the metadata heads: "study_class" (each study × class weighs
+    #: the same, then each class), "class" (each class weighs the same), "none"
+    classifier_balance: str = "study_class"
 
 
 @dataclass
@@ -166,6 +169,12 @@ class GEMModel:
     #: additive shift; -1 = the perturbed level of the training contexts (chosen with the
     #: kernel width by leave-one-context-out cross-validation)
     level_slope: float = 0.0
+    #: (G,) a low quantile over whole-transcriptome studies of each gene's mean share:
+    #: the share a gene holds in nearly every study (what a zero contradicts); empty in
+    #: older bundles (then ``ref_fraction``)
+    floor_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: mean residual variance of a variable gene outside the PCA (panel projections)
+    pca_noise: float = 0.0
 
     def __post_init__(self) -> None:
         self._column_index = {c: i for i, c in enumerate(self.columns)}
@@ -185,13 +194,16 @@ class GEMModel:
     def measured(self, counts: np.ndarray) -> np.ndarray:
         """Which genes each row measured: all, unless the zeros say it is a gene panel.
 
-        A zero where the model expects ≥ 20 counts is very unlikely in a whole
+        A zero where the model expects ≥ 20 counts even at the gene's low share
+        (``floor_fraction``: what it holds in nearly every study, so a tissue-specific
+        gene absent from this tissue does not count) is very unlikely in a whole
         transcriptome; when more than 30% of such genes are zero the sample is read
         as a panel and its zero genes as unmeasured.
         """
         counts = np.atleast_2d(counts)
         lib = counts.sum(axis=1, keepdims=True)
-        expected = lib * self.ref_fraction[None, :] >= _PANEL_EXPECTED
+        floor = self.floor_fraction if self.floor_fraction.size else self.ref_fraction
+        expected = lib * floor[None, :] >= _PANEL_EXPECTED
         zero = counts == 0
         n_expected = expected.sum(axis=1)
         share = np.where(
@@ -415,11 +427,28 @@ class GEMModel:
         return np.linalg.solve(gram, basis @ residual.T).T
 
     # ------------------------------------------------------------------ classification
+    def pca_scores(self, yh: np.ndarray, mh: np.ndarray) -> np.ndarray:
+        """Standardised PCA scores of rows over the variable genes (``yh``, mask ``mh``).
+
+        A row that measured every variable gene is projected; a gene panel gets the
+        probabilistic-PCA posterior mean from the genes it measured, so its missing
+        genes neither pull its scores toward the centre nor stand in as zeros.
+        """
+        comps, sd = self.pca_components, self.score_std
+        x = np.where(mh, yh - self.pca_center[None, :], 0.0)
+        raw = x @ comps.T
+        partial = np.flatnonzero(~mh.all(axis=1))
+        if len(partial):
+            noise = self.pca_noise if self.pca_noise > 0 else 1e-3 * float(np.mean(sd**2))
+            ridge = np.diag(noise / np.maximum(sd**2, 1e-12))
+            for i in partial:
+                cm = comps[:, mh[i]]
+                raw[i] = np.linalg.solve(cm @ cm.T + ridge, cm @ x[i, mh[i]])
+        return raw / sd
+
     def classifier_features(self, y: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
         clf = self.classifiers[name]
-        fill = self.pca_center
-        x = np.where(mask[:, self.hvg], y[:, self.hvg], fill[None, :])
-        scores = (x - self.pca_center) @ self.pca_components.T / self.score_std
+        scores = self.pca_scores(y[:, self.hvg], mask[:, self.hvg])
         g = clf.genes
         own = np.where(mask[:, g], y[:, g], clf.gene_mean[None, :])
         own = (own - clf.gene_mean) / clf.gene_std
@@ -441,6 +470,7 @@ class GEMModel:
         """Every array, by name (for safetensors)."""
         a: dict[str, np.ndarray] = {
             "ref_fraction": self.ref_fraction,
+            "floor_fraction": self.floor_fraction,
             "hvg": self.hvg.astype(np.int32),
             "column_scale": self.column_scale,
             "gene_mean": self.gene_mean,
@@ -481,6 +511,7 @@ class GEMModel:
             "kernel_width": None if not np.isfinite(self.kernel_width) else self.kernel_width,
             "combination_scale": self.combination_scale,
             "level_slope": self.level_slope,
+            "pca_noise": self.pca_noise,
             "type_shrink": self.type_shrink,
             "on_target": self.on_target,
             "classifiers": {
@@ -539,6 +570,8 @@ class GEMModel:
             kernel_width=math.inf if width is None else float(width),
             combination_scale=float(structure["combination_scale"]),
             level_slope=float(structure.get("level_slope", 0.0)),
+            pca_noise=float(structure.get("pca_noise", 0.0)),
+            floor_fraction=f64("floor_fraction") if "floor_fraction" in arrays else np.zeros(0),
             type_effect={
                 k.split(".", 1)[1]: f32(k) for k in arrays if k.startswith("type_effect.")
             },

@@ -32,6 +32,7 @@ class ModelSection(BaseModel):
     classifier_iterations: int = Field(300, ge=1)
     max_residual_rows: int = Field(2000, ge=10)
     mean_space: str = Field("log", pattern="^(log|linear)$")
+    classifier_balance: str = Field("study_class", pattern="^(study_class|class|none)$")
 
 
 class TrainingSection(BaseModel):
