@@ -136,14 +136,20 @@ class Predictor:
         return set(self.sample_index) | set(self.short_index)
 
     def _effect(
-        self, record: dict[str, str], y: np.ndarray, mask: np.ndarray
+        self,
+        record: dict[str, str],
+        y: np.ndarray,
+        mask: np.ndarray,
+        library: float | None = None,
     ) -> tuple[np.ndarray, str]:
-        """The perturbation effect of a record for a sample ``y``; and the seen flag."""
+        """The perturbation effect of a record for a sample ``y`` (a reference of
+        ``library`` reads, or a prior mean when None); and the seen flag."""
         perts = perturbations_of(record)
         if not perts:
             return np.zeros(self.model.n_genes), ""
         sim = self.model.context_similarity(y[None, :], mask[None, :])[0]
-        effect, seen = self.model.effect(perts, sim, self.genes.index_of, y)
+        level = y if library is None else self.model.reference_level(y, sim, library)
+        effect, seen = self.model.effect(perts, sim, self.genes.index_of, level)
         return effect, "true" if seen else "false"
 
     def _latent_noise(
@@ -308,7 +314,7 @@ class Predictor:
                 y = y - zb0 @ m.w_bio + zb @ m.w_bio
             else:
                 zb = np.repeat(zb0, n, axis=0)
-            effect, seen = self._effect(record, y0, mask)
+            effect, seen = self._effect(record, y0, mask, None if counts is None else ref_library)
             record["perturbation_seen"] = seen
             # a reference read as a gene panel is re-generated on its panel: its library
             # stays on the genes it measured, as in the reference

@@ -50,6 +50,9 @@ FloatArray = np.ndarray
 _PANEL_EXPECTED = 20.0
 #: share of such zeros above which a sample is read as a gene panel
 _PANEL_ZERO_SHARE = 0.3
+#: reads at which a reference's own level and its contexts' weigh the same
+#: (:meth:`GEMModel.reference_level`)
+LEVEL_READS = 1e5
 
 
 @dataclass(frozen=True)
@@ -407,6 +410,14 @@ class GEMModel:
         if len(parts) > 1:
             total = total * self.combination_scale
         return total, all(p[1] for p in parts)
+
+    def reference_level(self, y: np.ndarray, sim: np.ndarray, library: float) -> np.ndarray:
+        """The level a reference's level term reads: its own log expression weighted by
+        its depth against its similar contexts' (``library / (library + LEVEL_READS)``):
+        a deep bulk sample's own genes, a shallow cell's context (one cell's log1p(CPM)
+        is 0 or a large value, no level to scale an effect by)."""
+        w = library / (library + LEVEL_READS)
+        return w * y + (1.0 - w) * self.context_prior(sim)
 
     def context_prior(self, sim: np.ndarray) -> np.ndarray:
         """Kernel-weighted control mean of the training contexts (a shallow sample's prior)."""
