@@ -148,8 +148,8 @@ class Predictor:
         if not perts:
             return np.zeros(self.model.n_genes), ""
         sim = self.model.context_similarity(y[None, :], mask[None, :])[0]
-        level = y if library is None else self.model.reference_level(y, sim, library)
-        effect, seen = self.model.effect(perts, sim, self.genes.index_of, level)
+        weight = 1.0 if library is None else self.model.level_weight(library)
+        effect, seen = self.model.effect(perts, sim, self.genes.index_of, y, weight)
         return effect, "true" if seen else "false"
 
     def _latent_noise(

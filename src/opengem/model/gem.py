@@ -50,8 +50,7 @@ FloatArray = np.ndarray
 _PANEL_EXPECTED = 20.0
 #: share of such zeros above which a sample is read as a gene panel
 _PANEL_ZERO_SHARE = 0.3
-#: reads at which a reference's own level and its contexts' weigh the same
-#: (:meth:`GEMModel.reference_level`)
+#: reads at which a reference's level term is half on (:meth:`GEMModel.level_weight`)
 LEVEL_READS = 1e5
 
 
@@ -333,10 +332,12 @@ class GEMModel:
         sim: np.ndarray,
         per_context: Callable[[list[int]], tuple[np.ndarray, np.ndarray]],
         y: np.ndarray | None = None,
+        level_weight: float = 1.0,
     ) -> np.ndarray:
         """Kernel-weighted mean over contexts of each context's effect (gene by gene,
-        over the contexts that measured the gene), plus ``level_slope`` times how far
-        the sample ``y`` lies from those contexts' (equally weighted) control means."""
+        over the contexts that measured the gene), plus ``level_slope`` (times
+        ``level_weight``) times how far the sample ``y`` lies from those contexts'
+        control means (weighted alike)."""
         by_context: dict[int, list[int]] = {}
         for i in rows:
             by_context.setdefault(self.units[i].context, []).append(i)
@@ -353,7 +354,7 @@ class GEMModel:
         out = np.where(seen, total / np.maximum(wsum, 1e-12), 0.0)
         if y is not None and self.level_slope:
             base = base / np.maximum(wsum, 1e-12)
-            out = out + np.where(seen, self.level_slope * (y - base), 0.0)
+            out = out + np.where(seen, self.level_slope * level_weight * (y - base), 0.0)
         return out
 
     def _single_effect(
@@ -362,11 +363,12 @@ class GEMModel:
         sim: np.ndarray,
         gene_index: Callable[[str], int | None],
         y: np.ndarray | None = None,
+        level_weight: float = 1.0,
     ) -> tuple[np.ndarray, bool]:
         rows = [i for i in self._units_by_key.get(pert.key, []) if self.units[i].single]
         if rows:
             return self._across_contexts(
-                rows, sim, lambda mine: self._interpolate(mine, pert), y
+                rows, sim, lambda mine: self._interpolate(mine, pert), y, level_weight
             ), True
         # unseen: the type's mean effect, shrunk, and the on-target change for gene targets
         effect = self.type_effect.get(pert.type)
@@ -388,9 +390,11 @@ class GEMModel:
         sim: np.ndarray,
         gene_index: Callable[[str], int | None],
         y: np.ndarray | None = None,
+        level_weight: float = 1.0,
     ) -> tuple[np.ndarray, bool]:
         """Δ (log space) of a perturbation list for a sample with context similarities ``sim``
-        (and log expression ``y``, for the level term of a seen single perturbation).
+        (and log expression ``y``, for the level term of a seen single perturbation, on
+        as far as ``level_weight`` says: :meth:`level_weight`).
 
         Returns the effect and whether every component (or the combination) was seen.
         """
@@ -404,20 +408,20 @@ class GEMModel:
 
             return self._across_contexts(self._units_by_key[key], sim, pooled), True
         parts = [
-            self._single_effect(p, sim, gene_index, y if len(perts) == 1 else None) for p in perts
+            self._single_effect(p, sim, gene_index, y if len(perts) == 1 else None, level_weight)
+            for p in perts
         ]
         total = np.sum([p[0] for p in parts], axis=0)
         if len(parts) > 1:
             total = total * self.combination_scale
         return total, all(p[1] for p in parts)
 
-    def reference_level(self, y: np.ndarray, sim: np.ndarray, library: float) -> np.ndarray:
-        """The level a reference's level term reads: its own log expression weighted by
-        its depth against its similar contexts' (``library / (library + LEVEL_READS)``):
-        a deep bulk sample's own genes, a shallow cell's context (one cell's log1p(CPM)
-        is 0 or a large value, no level to scale an effect by)."""
-        w = library / (library + LEVEL_READS)
-        return w * y + (1.0 - w) * self.context_prior(sim)
+    @staticmethod
+    def level_weight(library: float) -> float:
+        """How far a reference's own level drives the level term: ``library /
+        (library + LEVEL_READS)`` (a deep bulk sample ~1; a shallow cell ~0, its
+        log1p(CPM) being 0 or a large value, no level to scale an effect by)."""
+        return float(library / (library + LEVEL_READS))
 
     def context_prior(self, sim: np.ndarray) -> np.ndarray:
         """Kernel-weighted control mean of the training contexts (a shallow sample's prior)."""
