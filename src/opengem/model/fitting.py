@@ -626,7 +626,16 @@ def fit_model(
         model.w_bio = vt_r * (sv / math.sqrt(dof))[:, None]
         counted = np.maximum(c.masks(multi).sum(axis=0), 1)
         var = (resid**2).sum(axis=0) / np.maximum(counted * dof / len(multi), 1)
-        model.noise_sd = np.sqrt(np.maximum(var - (model.w_bio**2).sum(axis=0), 0.0))
+        # the residuals hold the counting noise of each sample's depth, which "sample
+        # generation" draws again as Poisson counts: only the rest is expression noise.
+        # Poisson variance of log1p(s·k), k ~ Poisson(λ), at cpm = s·λ: s·cpm / (1+cpm)²
+        share = np.array([float(ref[c.study_masks[st]].sum()) for st in c.studies[multi]])
+        s_row = np.clip(share, 1e-6, 1.0) * 1e6 / np.maximum(c.library[multi], 1.0)
+        cpm = np.expm1(np.clip(gmeans[member[multi]], 0.0, 30.0))
+        counting = np.where(c.masks(multi), s_row[:, None] * cpm / (1.0 + cpm) ** 2, 0.0)
+        counting = counting.sum(axis=0) / counted
+        del cpm
+        model.noise_sd = np.sqrt(np.maximum(var - (model.w_bio**2).sum(axis=0) - counting, 0.0))
     else:
         model.w_bio = np.zeros((0, c.g))
         model.noise_sd = np.zeros(c.g)
