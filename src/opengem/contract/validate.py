@@ -62,6 +62,16 @@ Vocabulary = Mapping[str, Mapping[str, str]]
 _COMMON_KEYS = ("inputs", "seed", "source")
 _EXPRESSION_KEYS = ("sampling_strategy", "total_count", "deterministic_latents")
 _REFERENCE_KEYS = ("conditioning", "fixed_total_count")
+#: the largest count a gene may have (2^40, ~1.1e12: far above any library, far
+#: below where the int64 arithmetic of a library sum could overflow)
+MAX_COUNT = 2**40
+
+
+def _clip_repr(value: Any, limit: int = 40) -> str:
+    text = repr(value.item() if hasattr(value, "item") else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 _LEGACY_KEYS = ("mode", "modality", "return_classifier_probs")
 TOP_LEVEL_KEYS: dict[Task, tuple[str, ...]] = {
     Task.BASELINE: _COMMON_KEYS + _EXPRESSION_KEYS,
@@ -610,6 +620,28 @@ class _Checker:
         if arr.ndim != 1:
             self.add(loc, None, f"must be a flat list of {n:,} counts, not a {arr.ndim}-d array")
             return None
+        if isinstance(raw, list | tuple) and arr.dtype.kind in "biu":  # True would read as 1
+            flags = [i for i, v in enumerate(raw) if isinstance(v, bool)]
+            if flags:
+                self.add(
+                    loc,
+                    None,
+                    f"has {len(flags):,} true/false value(s), first at index {flags[0]}; "
+                    "a count is an integer",
+                )
+                return None
+        if arr.dtype.kind == "O" and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in arr.tolist()
+        ):  # integers beyond 64 bits
+            big = next(i for i, v in enumerate(arr.tolist()) if abs(v) > MAX_COUNT)
+            self.add(
+                loc,
+                None,
+                f"value {_clip_repr(arr.tolist()[big])} at index {big} "
+                f"({self.genes.gene_ids[big] if big < n else 'beyond the gene list'}) is out "
+                f"of range; a count must be an integer from 0 to {MAX_COUNT:,}",
+            )
+            return None
         if arr.dtype.kind not in "iuf":
             bad = next(
                 (
@@ -640,6 +672,7 @@ class _Checker:
             finite = np.where(np.isfinite(arr), arr, 0.0)
             checks.append((finite != np.round(finite), "non-integer"))
         checks.append((arr < 0, "negative"))
+        checks.append((arr > MAX_COUNT, f"too large (the largest allowed is {MAX_COUNT:,})"))
         for mask, what in checks:
             if mask.any():
                 first = int(np.argmax(mask))
@@ -647,8 +680,8 @@ class _Checker:
                     loc,
                     None,
                     f"has {int(mask.sum()):,} {what} value(s), first at index "
-                    f"{first} ({self.genes.gene_ids[first]}: {arr[first]!r}); counts must be "
-                    "non-negative integers",
+                    f"{first} ({self.genes.gene_ids[first]}: {_clip_repr(arr[first])}); "
+                    f"counts must be integers from 0 to {MAX_COUNT:,}",
                 )
                 return None
         counts = arr.astype(np.int64)

@@ -47,7 +47,7 @@ from opengem.contract import (
     parse_model_id,
 )
 from opengem.server.config import ServerConfig
-from opengem.server.formats import ARROW_STREAM, ResultFiles
+from opengem.server.formats import ARROW_STREAM, ResultFiles, non_finite_paths, wants_arrow
 from opengem.server.keys import authenticate, charge
 from opengem.server.signing import UrlSigner, Verdict
 from opengem.server.store import FAILED, READY, ApiKey, Job, JobStore, open_store
@@ -278,7 +278,7 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
         return f"{base}/api/model-queries/{job.id}/result?expires={expires}&signature={signature}"
 
     # ------------------------------------------------------------------ routes
-    @app.get("/healthz", tags=["server"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["server"])
     def healthz() -> dict[str, Any]:
         """Liveness and a summary of the queue (no key needed)."""
         return {
@@ -372,6 +372,14 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
         try:
             query = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            where = non_finite_paths(body)
+            if where:
+                raise HTTPException(
+                    400,
+                    "the request body holds NaN or Infinity, which JSON does not allow, at "
+                    + ", ".join(where[:5])
+                    + "; counts must be finite integers (and no other value takes NaN)",
+                ) from None
             raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
         try:
             normalised = await run_in_threadpool(
@@ -386,7 +394,7 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
             refusal = await run_in_threadpool(charge, state.store, key, samples)
             if refusal:
                 raise HTTPException(429, refusal)
-        arrow = ARROW_STREAM in request.headers.get("accept", "")
+        arrow = wants_arrow(request.headers.get("accept", ""))
         job_id = await run_in_threadpool(
             state.store.submit,
             model_id,

@@ -36,6 +36,55 @@ _INT32 = np.iinfo(np.int32)
 
 
 # ---------------------------------------------------------------- Arrow arrays
+def wants_arrow(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for the Arrow stream rather than JSON.
+
+    Media ranges are weighed by their ``q`` (default 1; ``q=0`` means "not
+    acceptable"): Arrow when it is named with a positive ``q`` at least that of
+    JSON (``application/json``, ``application/*`` or ``*/*``).
+    """
+    arrow_q, json_q = 0.0, 0.0
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for f in fields[1:]:
+            if f.lower().startswith("q="):
+                try:
+                    q = min(max(float(f[2:]), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        if media == ARROW_STREAM:
+            arrow_q = max(arrow_q, q)
+        elif media in ("application/json", "application/*", "*/*"):
+            json_q = max(json_q, q)
+    return arrow_q > 0 and arrow_q >= json_q
+
+
+def non_finite_paths(body: bytes, limit: int = 5) -> list[str]:
+    """Where a body that strict JSON refuses holds NaN / Infinity literals (what many
+    JSON encoders write for a float NaN), as query paths; empty when none does or the
+    body is not JSON even with them."""
+    import json
+    import math
+
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return []
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack and len(found) < limit:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path or "(the body)")
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return sorted(found)
+
+
 def list_array(matrix: np.ndarray, value_type: Any) -> Any:
     """A (rows, width) matrix as an Arrow list array, one list per row, without copying
     the values number by number (large_list when the values need 64-bit offsets)."""

@@ -1,0 +1,124 @@
+"""Hostile inputs get a fast, clear answer (issue 14, first rows).
+
+Table-driven: each case is a request a hostile or careless client sends and the
+answer it must get, against a real ``opengem serve`` on loopback; the parsing
+helpers are also checked on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from opengem.contract import QueryError, validate_query
+from opengem.ontology import default_gene_space
+from opengem.server.formats import ARROW_STREAM, non_finite_paths, wants_arrow
+from opengem.server.testing import bundle_available, start_server
+
+N = len(default_gene_space())
+PREDICT = "gem-1-bulk_predict-metadata"
+
+
+def _counts(last: Any) -> list[Any]:
+    return [5] * (N - 1) + [last]
+
+
+@pytest.mark.parametrize(
+    ("counts", "says"),
+    [
+        (_counts(2**63), "too large"),
+        (_counts(2**64), "out of range"),
+        (_counts(1e300), "too large"),
+        (_counts(2**200), "out of range"),
+        ([True] + [5] * (N - 1), "true/false"),
+        (_counts(-1), "negative"),
+        (_counts(2.5), "non-integer"),
+    ],
+)
+def test_a_count_out_of_range_or_not_an_integer_is_refused(counts: list[Any], says: str) -> None:
+    with pytest.raises(QueryError) as err:
+        validate_query({"inputs": [{"counts": counts}]}, PREDICT)
+    problem = err.value.problems[0]
+    assert problem.location == "inputs[0].counts"
+    assert says in str(problem)
+    if says in ("too large", "out of range"):
+        assert "index 20119" in str(problem)  # where, and the allowed range
+        assert "1,099,511,627,776" in str(problem)
+
+
+def test_whole_number_floats_stay_valid() -> None:
+    query = validate_query({"inputs": [{"counts": [float(v) for v in _counts(7)]}]}, PREDICT)
+    assert np.asarray(query.inputs[0].counts).sum() == 5 * (N - 1) + 7
+
+
+@pytest.mark.parametrize(
+    ("accept", "arrow"),
+    [
+        (ARROW_STREAM, True),
+        (f"{ARROW_STREAM}, application/json", True),
+        (f"{ARROW_STREAM};q=0, application/json", False),
+        (f"{ARROW_STREAM};q=0.5, application/json;q=0.9", False),
+        (f"application/json;q=0.2, {ARROW_STREAM};q=0.8", True),
+        ("*/*", False),
+        ("", False),
+        (f"{ARROW_STREAM};q=nonsense", False),
+    ],
+)
+def test_accept_weighs_q_values(accept: str, arrow: bool) -> None:
+    assert wants_arrow(accept) is arrow
+
+
+def test_non_finite_literals_are_located() -> None:
+    body = b'{"inputs": [{"counts": [1, NaN, 3, Infinity]}, {"counts": [-Infinity]}]}'
+    assert non_finite_paths(body) == [
+        "inputs[0].counts[1]",
+        "inputs[0].counts[3]",
+        "inputs[1].counts[0]",
+    ]
+    assert non_finite_paths(b"{not json") == []
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not bundle_available("gem-1-bulk"):
+        pytest.skip("no gem-1-bulk bundle (set OPENGEM_MODELS)")
+    process = start_server(
+        tmp_path_factory.mktemp("hostile") / "data",
+        workers=1,
+        auth=False,
+        env={"OPENGEM_DATABASE_URL": ""},
+    )
+    try:
+        yield process.url
+    finally:
+        process.stop()
+
+
+def test_server_answers_hostile_requests(server: str) -> None:
+    url = f"{server}/api/models/{PREDICT}/predict"
+    head = requests.head(f"{server}/healthz", timeout=10)
+    assert head.status_code == 200
+
+    huge = ",".join(["5"] * (N - 1) + ["9223372036854775808"])
+    r = requests.post(url, data=f'{{"inputs": [{{"counts": [{huge}]}}]}}', timeout=30)
+    assert r.status_code == 422
+    assert "inputs[0].counts" in r.text and "too large" in r.text
+
+    nan = ",".join(["5"] * 41 + ["NaN"] + ["5"] * (N - 42))
+    r = requests.post(url, data=f'{{"inputs": [{{"counts": [{nan}]}}]}}', timeout=30)
+    assert r.status_code == 400
+    assert "NaN or Infinity" in r.text and "inputs[0].counts[41]" in r.text
+
+    valid = {"inputs": [{"counts": _counts(7)}]}
+    r = requests.post(
+        url,
+        json=valid,
+        headers={"Accept": f"{ARROW_STREAM};q=0, application/json"},
+        timeout=120,
+    )
+    assert r.status_code in (200, 202)
+    assert r.headers["content-type"].startswith("application/json")
