@@ -122,3 +122,45 @@ def test_server_answers_hostile_requests(server: str) -> None:
     )
     assert r.status_code in (200, 202)
     assert r.headers["content-type"].startswith("application/json")
+
+
+def _seconds(query: dict[str, Any], model: str = "gem-1-bulk") -> tuple[float, QueryError]:
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(QueryError) as err:
+        validate_query(query, model)
+    return time.perf_counter() - start, err.value
+
+
+def test_many_bad_inputs_stop_after_a_bounded_number_of_problems() -> None:
+    from opengem.contract.validate import MAX_PROBLEMS
+
+    query = {
+        "inputs": [
+            {"metadata": {"tissue_ontology_id": f"UBERON:99{i:05d}"}, "num_samples": 1}
+            for i in range(20_000)
+        ]
+    }
+    seconds, err = _seconds(query)
+    assert len(err.problems) == MAX_PROBLEMS + 1
+    assert "checking stopped after" in str(err.problems[-1])
+    assert seconds < 10  # bounded (the 20,000 look-ups took minutes)
+
+
+def test_huge_values_and_keys_are_refused_before_any_look_up() -> None:
+    long = "x" * 1_000_000
+    seconds, err = _seconds(
+        {"inputs": [{"metadata": {"tissue_ontology_id": long, long: "y"}, "num_samples": 1}]}
+    )
+    assert seconds < 5
+    text = str(err)
+    assert "1,000,000 characters long" in text
+    assert len(text) < 2_000  # nothing echoed at length
+    seconds, err = _seconds(
+        {"inputs": [{"num_samples": 1}], **{f"k{i}": 1 for i in range(100_000)}}
+    )
+    assert seconds < 5 and len(err.problems) == 21
+    pipes = {"perturbation_ontology_id": "|" * 100_000, "perturbation_type": "compound"}
+    _, err = _seconds({"inputs": [{"metadata": pipes, "num_samples": 1}]})
+    assert "an input combines at most" in str(err)

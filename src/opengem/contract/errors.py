@@ -18,6 +18,16 @@ def show_value(value: Any) -> str:
     return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
 
 
+_MAX_LOCATION_CHARS = 160
+
+
+def show_location(location: str) -> str:
+    """A location as echoed: cut to a fixed length (a key may be megabytes long)."""
+    if len(location) <= _MAX_LOCATION_CHARS:
+        return location
+    return location[: _MAX_LOCATION_CHARS - 1] + f"… ({len(location):,} characters)"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a query.
@@ -40,7 +50,7 @@ class Problem:
     suggestions: tuple[str, ...] = field(default_factory=tuple)
 
     def __str__(self) -> str:
-        head = f"{self.location}: " if self.location else ""
+        head = f"{show_location(self.location)}: " if self.location else ""
         shown = "" if self.value is None else f"{show_value(self.value)} "
         text = f"{head}{shown}{self.reason}"
         if self.suggestions:
@@ -49,6 +59,7 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["location"] = show_location(self.location)
         d["value"] = show_value(self.value) if self.value is not None else None
         d["suggestions"] = list(self.suggestions[:5])
         d["message"] = str(self)

@@ -103,6 +103,14 @@ FIELD_ALIASES = {
 }
 _CHEMBL_RE = re.compile(r"^CHEMBL\d+$")
 _MAX_TEXT = 200
+#: the longest value of an ontology, enum or quantity field looked up (longer ones are
+#: refused before any look-up or fuzzy matching)
+_MAX_VALUE_LENGTH = 256
+#: problems reported per query: checking stops there (a query of 20,000 bad inputs is
+#: answered at once, with the first problems and a note)
+MAX_PROBLEMS = 20
+#: perturbations one input may combine
+MAX_COMBINATION = 16
 _MAX_SEED = 2**63 - 1
 _MAX_TOTAL_COUNT = 10**12
 
@@ -154,6 +162,7 @@ class _Checker:
         self._resolver = resolver
         self.known_sample_ids = known_sample_ids
         self.problems: list[Problem] = []
+        self.truncated = False
 
     @property
     def resolver(self) -> TermResolver:
@@ -164,7 +173,28 @@ class _Checker:
     def add(
         self, location: str, value: Any, reason: str, suggestions: Collection[str] = ()
     ) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.truncated = True
+            return
         self.problems.append(Problem(location, value, reason, tuple(suggestions)[:5]))
+
+    @property
+    def full(self) -> bool:
+        return len(self.problems) >= MAX_PROBLEMS
+
+    def reported(self) -> list[Problem]:
+        """The problems, with a note when checking stopped at :data:`MAX_PROBLEMS`."""
+        if not self.truncated:
+            return list(self.problems)
+        return [
+            *self.problems,
+            Problem(
+                "",
+                None,
+                f"checking stopped after {MAX_PROBLEMS} problems; fix these and send the "
+                "query again to see any others",
+            ),
+        ]
 
     # ----------------------------------------------------------------- scalars
     def check_int(self, loc: str, value: Any, minimum: int, maximum: int) -> int | None:
@@ -210,10 +240,13 @@ class _Checker:
         combination = _is_combination({k: v for k, v in metadata.items() if k in allowed})
         raw_perturbation: dict[str, Any] = {}
         for key, value in metadata.items():
+            if self.full:
+                self.truncated = True
+                break
             where = f"{loc}.{key}"
             if key not in FIELDS:
-                alias = FIELD_ALIASES.get(str(key).lower())
-                hints = (alias,) if alias else _did_you_mean(str(key), allowed)
+                alias = FIELD_ALIASES.get(str(key).lower()[:64])
+                hints = (alias,) if alias else _did_you_mean(str(key)[:64], allowed)
                 listing = "" if hints else f"; valid fields: {', '.join(allowed)}"
                 self.add(where, None, f"is not a metadata field{listing}", hints)
                 continue
@@ -240,6 +273,18 @@ class _Checker:
         return out
 
     def check_field(self, loc: str, field: FieldSpec, value: Any) -> str | None:
+        if (
+            isinstance(value, str)
+            and len(value) > _MAX_VALUE_LENGTH
+            and field.kind is not FieldKind.TEXT
+        ):
+            self.add(
+                loc,
+                value,
+                f"is {len(value):,} characters long; a {field.name} value has at most "
+                f"{_MAX_VALUE_LENGTH}",
+            )
+            return None
         if field.kind is FieldKind.ENUM:
             canonical = self.check_choice(loc, value, field.values, field.name)
         elif field.kind is FieldKind.QUANTITY:
@@ -498,6 +543,15 @@ class _Checker:
                 parts[f] = value.split(PERTURBATION_SEP)
             elif _is_set(value):
                 single[f] = value
+        for f, values in parts.items():
+            if len(values) > MAX_COMBINATION:
+                self.add(
+                    f"{loc}.{f}",
+                    None,
+                    f"has {len(values):,} perturbations; an input combines at most "
+                    f"{MAX_COMBINATION}",
+                )
+                return {}
         ids, types = "perturbation_ontology_id", "perturbation_type"
         counter = ids if ids in parts else types if types in parts else next(iter(parts))
         n = len(parts[counter])
@@ -697,7 +751,10 @@ class _Checker:
         for key in query:
             if key in allowed or key in _LEGACY_KEYS:
                 continue
-            near = _did_you_mean(str(key), every)
+            if self.full:
+                self.truncated = True
+                break
+            near = _did_you_mean(str(key)[:64], every)
             target = key if key in every else (near[0] if near else None)
             if target is not None and target not in allowed:
                 owners = ", ".join(t.value for t, keys in TOP_LEVEL_KEYS.items() if target in keys)
@@ -709,7 +766,7 @@ class _Checker:
                     f"{target!r} applies only to {owners} models",
                 )
             else:
-                hints = _did_you_mean(str(key), allowed)
+                hints = _did_you_mean(str(key)[:64], allowed)
                 listing = "" if hints else f"; valid keys: {', '.join(allowed)}"
                 self.add(key, None, f"is not a query key for {self.spec.model_id}{listing}", hints)
         out: dict[str, Any] = {
@@ -822,7 +879,12 @@ class _Checker:
                 "must be a non-empty list of inputs",
             )
             return []
-        out = [self.check_input(f"inputs[{i}]", item) for i, item in enumerate(inputs)]
+        out = []
+        for i, item in enumerate(inputs):
+            if self.full:  # the rest is not checked (the note says so)
+                self.truncated = True
+                break
+            out.append(self.check_input(f"inputs[{i}]", item))
         total = sum((x.get("num_samples") or 0) for x in out)
         if total > self.limits.max_samples_per_query:
             self.add(
@@ -936,7 +998,7 @@ def validate_metadata(
     )
     out = checker.check_metadata(location, metadata, tuple(fields or FIELDS))
     if checker.problems:
-        raise QueryError(checker.problems, subject="metadata")
+        raise QueryError(checker.reported(), subject="metadata")
     return out
 
 
@@ -1011,7 +1073,7 @@ def validate_query(
     )
     normalised = checker.check_query(query)
     if checker.problems:
-        raise QueryError(checker.problems, model_id)
+        raise QueryError(checker.reported(), model_id)
     assert normalised is not None
     normalised = {k: v for k, v in normalised.items() if v is not None}
     return QUERY_TYPES[spec.task].model_validate(normalised)  # type: ignore[return-value]
