@@ -164,3 +164,15 @@ def test_huge_values_and_keys_are_refused_before_any_look_up() -> None:
     pipes = {"perturbation_ontology_id": "|" * 100_000, "perturbation_type": "compound"}
     _, err = _seconds({"inputs": [{"metadata": pipes, "num_samples": 1}]})
     assert "an input combines at most" in str(err)
+
+
+def test_no_auth_on_a_public_address_is_refused(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "opengem.cli", "serve", "--host", "0.0.0.0", "--no-auth"]
+    done = subprocess.run(
+        [*cmd, "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "--allow-public-no-auth" in done.stderr

@@ -239,6 +239,14 @@ def test_quota_exceeded_is_429_with_the_message(
     assert f"The limit is {QUOTA} samples per week. You have 2 samples remaining this week." in str(
         caught.value
     )
+    raw = requests.post(
+        f"{server['url']}/api/models/gem-1-bulk/predict",
+        json=query,
+        headers={"Authorization": f"Bearer {server['keys']['quota']}"},
+        timeout=30,
+    )
+    assert raw.status_code == 429
+    assert 0 < int(raw.headers["Retry-After"]) <= 7 * 86400  # when the week's quota resets
 
 
 def test_tampered_download_signature_is_403(server: dict[str, Any], key: str) -> None:

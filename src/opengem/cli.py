@@ -466,10 +466,23 @@ def serve_cmd(
         "API's to the last count)",
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error"),
+    allow_public_no_auth: bool = typer.Option(
+        False,
+        "--allow-public-no-auth",
+        help="with --no-auth, serve a non-loopback address anyway (anyone who can reach "
+        "it can run queries)",
+    ),
 ) -> None:
     """Serve the GEM-1 API (hosted and self-hosted protocols) for pysynthbio / rsynthbio."""
     from opengem.server.app import serve
-    from opengem.server.config import ServerConfig, default_data_dir
+    from opengem.server.config import ServerConfig, default_data_dir, is_loopback
+
+    if auth is False and not is_loopback(host) and not allow_public_no_auth:
+        _fail(
+            f"--no-auth on {host}, which is not a loopback address, would let anyone who can "
+            "reach it run queries; add --allow-public-no-auth to do it anyway, or drop "
+            "--no-auth (and create a key with `opengem keys create`)"
+        )
     from opengem.server.store import open_store
     from opengem.settings import QueryLimits
 
@@ -504,6 +517,12 @@ def serve_cmd(
         f"(auth {mode}, {workers} worker(s), data {config.data_dir})",
         err=True,
     )
+    if not config.auth_enabled and not is_loopback(host):
+        typer.echo(
+            f"WARNING: auth is OFF on {host}: anyone who can reach this address can run "
+            "queries and read results",
+            err=True,
+        )
     if config.auth_enabled and n_keys == 0:
         typer.echo(
             f"warning: auth is on and there are no API keys; create one with "

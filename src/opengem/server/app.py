@@ -50,7 +50,15 @@ from opengem.server.config import ServerConfig
 from opengem.server.formats import ARROW_STREAM, ResultFiles, non_finite_paths, wants_arrow
 from opengem.server.keys import authenticate, charge
 from opengem.server.signing import UrlSigner, Verdict
-from opengem.server.store import FAILED, READY, ApiKey, Job, JobStore, open_store
+from opengem.server.store import (
+    FAILED,
+    READY,
+    ApiKey,
+    Job,
+    JobStore,
+    open_store,
+    seconds_to_next_week,
+)
 from opengem.server.supervisor import KILL_GRACE_S, Supervisor
 from opengem.server.worker import timeout_message
 
@@ -393,7 +401,9 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
         if key is not None:
             refusal = await run_in_threadpool(charge, state.store, key, samples)
             if refusal:
-                raise HTTPException(429, refusal)
+                raise HTTPException(
+                    429, refusal, headers={"Retry-After": str(seconds_to_next_week())}
+                )
         arrow = wants_arrow(request.headers.get("accept", ""))
         job_id = await run_in_threadpool(
             state.store.submit,

@@ -85,6 +85,14 @@ def week_of(when: float | None = None) -> str:
     return f"{year}-W{week:02d}"
 
 
+def seconds_to_next_week(when: float | None = None) -> int:
+    """Seconds until the next ISO week (UTC) starts, when a weekly quota resets."""
+    now = datetime.fromtimestamp(time.time() if when is None else when, UTC)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    days = 7 - now.weekday()  # Monday is 0
+    return max(1, int((start.timestamp() + days * 86400) - now.timestamp()))
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
