@@ -176,3 +176,23 @@ def test_no_auth_on_a_public_address_is_refused(tmp_path: Any) -> None:
     )
     assert done.returncode != 0
     assert "--allow-public-no-auth" in done.stderr
+
+
+def test_a_failed_query_gives_its_samples_back(tmp_path: Any) -> None:
+    from opengem.server.keys import authenticate, charge, create_key, fail_and_refund
+    from opengem.server.store import open_store, week_of
+
+    store = open_store(tmp_path / "data", "")
+    try:
+        secret = create_key(store, "lab", 1_000)
+        key = authenticate(store, secret)
+        assert key is not None
+        for _ in range(3):  # three queries of 400 would pass the quota...
+            assert charge(store, key, 400) is None
+            job = store.submit("gem-1-bulk", b"{}", kind="json", key_id=key.key_id, samples=400)
+            assert fail_and_refund(store, job, None, "timed out")  # ...but none delivered
+            assert not fail_and_refund(store, job, None, "again")  # refunded once
+        assert store.usage(key.key_id, week_of()) == 0
+        assert charge(store, key, 1_000) is None  # the whole quota is still there
+    finally:
+        store.close()

@@ -48,7 +48,7 @@ from opengem.contract import (
 )
 from opengem.server.config import ServerConfig
 from opengem.server.formats import ARROW_STREAM, ResultFiles, non_finite_paths, wants_arrow
-from opengem.server.keys import authenticate, charge
+from opengem.server.keys import authenticate, charge, fail_and_refund
 from opengem.server.signing import UrlSigner, Verdict
 from opengem.server.store import (
     FAILED,
@@ -427,9 +427,14 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
             if job.status in (READY, FAILED):
                 break
             if time.monotonic() > deadline:
-                await run_in_threadpool(state.store.fail, job_id, None, "no result in time")
+                await run_in_threadpool(
+                    fail_and_refund, state.store, job_id, None, "no result in time"
+                )
                 raise HTTPException(504, timeout_message(config.query_timeout_s))
-            if await request.is_disconnected():
+            if await request.is_disconnected():  # nothing will be delivered: not charged
+                await run_in_threadpool(
+                    fail_and_refund, state.store, job_id, None, "the client disconnected"
+                )
                 return Response(status_code=499)
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.05)

@@ -75,3 +75,15 @@ def charge(store: JobStore, key: ApiKey, samples: int) -> str | None:
     if ok or limit is None:
         return None
     return quota_message(limit, limit - used, samples)
+
+
+def fail_and_refund(store: JobStore, job_id: str, worker_id: str | None, message: str) -> bool:
+    """Fail a job (as :meth:`JobStore.fail`) and give its samples back to its key's
+    quota for the week it was charged in: a key pays only for samples delivered.
+    Returns whether this call failed the job (a job fails, and refunds, once)."""
+    if not store.fail(job_id, worker_id, message):
+        return False
+    job = store.get(job_id)
+    if job is not None and job.key_id and job.samples:
+        store.consume_quota(job.key_id, week_of(job.created_at), -int(job.samples), None)
+    return True

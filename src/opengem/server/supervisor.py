@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from opengem.server.config import ServerConfig
 from opengem.server.formats import ResultFiles
+from opengem.server.keys import fail_and_refund
 from opengem.server.store import JobStore, this_host
 from opengem.server.worker import CONFIG_ENV, timeout_message
 
@@ -176,7 +177,9 @@ class Supervisor:
                 continue
             if job.started_at is not None and now - job.started_at > limit:
                 log.error("worker %d stuck on query %s; killing it", w.pid, job.id)
-                self.store.fail(job.id, w.worker_id, timeout_message(self.config.query_timeout_s))
+                fail_and_refund(
+                    self.store, job.id, w.worker_id, timeout_message(self.config.query_timeout_s)
+                )
                 with contextlib.suppress(ProcessLookupError):
                     ours[w.pid].process.kill()  # type: ignore[union-attr]
 

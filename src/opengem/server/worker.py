@@ -35,6 +35,7 @@ import orjson
 from opengem.contract import QueryError, UnknownModelError
 from opengem.server.config import ServerConfig
 from opengem.server.formats import ResultFiles
+from opengem.server.keys import fail_and_refund
 from opengem.server.store import Job, JobStore, WorkerInfo, open_store, this_host
 
 log = logging.getLogger("opengem.worker")
@@ -232,7 +233,7 @@ class Worker:
 
     def _fail(self, job: Job, message: str) -> None:
         log.info("query %s failed: %s", job.id, message)
-        self.store.fail(job.id, self.worker_id, message)
+        fail_and_refund(self.store, job.id, self.worker_id, message)
 
 
 def _configure_torch(config: ServerConfig) -> None:
