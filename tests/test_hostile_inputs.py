@@ -90,6 +90,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         tmp_path_factory.mktemp("hostile") / "data",
         workers=1,
         auth=False,
+        args=["--body-timeout", "1"],
         env={"OPENGEM_DATABASE_URL": ""},
     )
     try:
@@ -196,3 +197,23 @@ def test_a_failed_query_gives_its_samples_back(tmp_path: Any) -> None:
         assert charge(store, key, 1_000) is None  # the whole quota is still there
     finally:
         store.close()
+
+
+def test_a_stalled_body_is_answered_and_closed(server: str) -> None:
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    where = urlparse(server)
+    start = time.monotonic()
+    with socket.create_connection((where.hostname, where.port), timeout=20) as sock:
+        sock.sendall(
+            f"POST /api/models/{PREDICT}/predict HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode()
+        )
+        reply = b""
+        while chunk := sock.recv(65536):  # the server answers, then closes
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert b"stalled" in reply
+    assert time.monotonic() - start < 15

@@ -450,6 +450,10 @@ def serve_cmd(
         help="require API keys (default: on unless --host is a loopback address)",
     ),
     max_body_mb: float = typer.Option(64.0, help="largest request body, MiB"),
+    body_timeout: float = typer.Option(
+        30.0, help="seconds a request body may stall before the request is refused (408)"
+    ),
+    max_connections: int = typer.Option(512, help="concurrent connections (503 beyond)"),
     max_samples_per_query: int = typer.Option(
         None, help="most samples one query may ask for (default: OPENGEM_MAX_SAMPLES_PER_QUERY)"
     ),
@@ -495,6 +499,8 @@ def serve_cmd(
             workers=workers,
             auth=auth,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
+            body_timeout_s=body_timeout,
+            max_connections=max_connections,
             max_samples_per_query=(
                 max_samples_per_query or QueryLimits.from_env().max_samples_per_query
             ),

@@ -111,11 +111,13 @@ def validation_body(exc: QueryError, model_id: str) -> dict[str, Any]:
 
 
 class BodyLimitMiddleware:
-    """413 for request bodies over ``max_bytes`` (declared or streamed)."""
+    """413 for request bodies over ``max_bytes`` (declared or streamed); 408 for a body
+    that stalls ``timeout_s`` between chunks."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _detail(self) -> str:
         return f"request body too large: this server accepts at most {self.max_bytes:,} bytes"
@@ -138,7 +140,12 @@ class BodyLimitMiddleware:
 
         async def limited() -> Message:
             nonlocal seen
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"the request body stalled: no data for {self.timeout_s:g} s"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
@@ -257,7 +264,9 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.opengem = state
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s
+    )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -547,4 +556,5 @@ def serve(config: ServerConfig) -> None:
         log_level=log_level,
         timeout_graceful_shutdown=15,
         server_header=False,
+        limit_concurrency=config.max_connections,
     )

@@ -50,6 +50,11 @@ class ServerConfig:
         ``postgresql://…`` for the PostgreSQL store (default env ``OPENGEM_DATABASE_URL``).
     max_body_bytes
         Largest request body accepted (413 beyond).
+    body_timeout_s
+        Seconds a request body may take to arrive between two chunks (408 beyond: a
+        client that sends headers and stalls holds no connection for long).
+    max_connections
+        Concurrent connections served (503 beyond).
     max_samples_per_query
         Most samples one query may generate (422 beyond).
     query_timeout_s
@@ -77,6 +82,8 @@ class ServerConfig:
     auth: bool | None = None
     database_url: str | None = None
     max_body_bytes: int = 64 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    max_connections: int = 512
     max_samples_per_query: int = QueryLimits().max_samples_per_query
     query_timeout_s: float = 600.0
     model_idle_s: float = 900.0
