@@ -217,3 +217,22 @@ def test_a_stalled_body_is_answered_and_closed(server: str) -> None:
     assert reply.startswith(b"HTTP/1.1 408")
     assert b"stalled" in reply
     assert time.monotonic() - start < 15
+
+
+def test_openapi_documents_the_errors_a_client_can_get(tmp_path: Any) -> None:
+    from opengem.server.app import create_app
+    from opengem.server.config import ServerConfig
+
+    spec = create_app(ServerConfig(data_dir=tmp_path)).openapi()
+    paths = spec["paths"]
+    for path in (
+        "/api/models",
+        "/api/models/{model_id}/example-query",
+        "/api/models/{model_id}/vocab",
+        "/api/models/{model_id}/predict",
+        "/api/model-queries/{query_id}/status",
+    ):
+        for operation in paths[path].values():
+            assert "401" in operation["responses"], path
+    predict = paths["/api/models/{model_id}/predict"]["post"]["responses"]
+    assert {"400", "408", "413", "422", "429"} <= set(predict)

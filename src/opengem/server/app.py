@@ -94,6 +94,10 @@ def _error(status: int, description: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
+#: routes that need a key when auth is on
+_AUTH = _error(401, "Missing, malformed, unknown or revoked API key (when auth is on)")
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
@@ -295,7 +299,8 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
         return f"{base}/api/model-queries/{job.id}/result?expires={expires}&signature={signature}"
 
     # ------------------------------------------------------------------ routes
-    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["server"])
+    @app.head("/healthz", include_in_schema=False)
+    @app.get("/healthz", tags=["server"])
     def healthz() -> dict[str, Any]:
         """Liveness and a summary of the queue (no key needed)."""
         return {
@@ -306,7 +311,7 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
             "queries": state.store.counts(),
         }
 
-    @app.get("/api/models", tags=["models"])
+    @app.get("/api/models", tags=["models"], responses=_AUTH)
     def models(key: Key) -> dict[str, Any]:
         """Every model id served, with whether its bundle is present and loaded."""
         loaded = state.loaded_models()
@@ -326,7 +331,7 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
     @app.get(
         "/api/models/{model_id}/example-query",
         tags=["models"],
-        responses=_error(404, "Unknown model id"),
+        responses={**_AUTH, **_error(404, "Unknown model id")},
     )
     def example_query(model_id: ModelId, key: Key) -> dict[str, Any]:
         """A valid query for the model, as ``{"example_query": {...}}``."""
@@ -336,7 +341,11 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
     @app.get(
         "/api/models/{model_id}/vocab",
         tags=["models"],
-        responses={**_error(404, "Unknown model id"), **_error(503, "Model not installed")},
+        responses={
+            **_AUTH,
+            **_error(404, "Unknown model id"),
+            **_error(503, "Model not installed"),
+        },
     )
     def vocab(model_id: ModelId, key: Key) -> dict[str, Any]:
         """Per metadata field, the values the model was trained on (value → label)."""
@@ -354,6 +363,9 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
         tags=["queries"],
         openapi_extra={"requestBody": _JSON_BODY},
         responses={
+            **_AUTH,
+            **_error(400, "The body is not JSON (or holds NaN / Infinity)"),
+            **_error(408, "The request body stalled"),
             200: {
                 "description": '``{"modelQueryId": id}``, or with '
                 "``Accept: application/vnd.apache.arrow.stream`` the result as an Arrow "
@@ -462,7 +474,7 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
     @app.get(
         "/api/model-queries/{query_id}/status",
         tags=["queries"],
-        responses=_error(404, "Unknown query id"),
+        responses={**_AUTH, **_error(404, "Unknown query id")},
     )
     def status(query_id: str, request: Request, key: Key) -> dict[str, Any]:
         """Where a query stands: ``queued``, ``running``, ``ready`` (with a signed
