@@ -236,3 +236,24 @@ def test_openapi_documents_the_errors_a_client_can_get(tmp_path: Any) -> None:
             assert "401" in operation["responses"], path
     predict = paths["/api/models/{model_id}/predict"]["post"]["responses"]
     assert {"400", "408", "413", "422", "429"} <= set(predict)
+
+
+def test_json_logs_are_one_object_per_line_with_a_time(tmp_path: Any) -> None:
+    import json
+
+    if not bundle_available("gem-1-bulk"):
+        pytest.skip("no gem-1-bulk bundle (set OPENGEM_MODELS)")
+    process = start_server(
+        tmp_path / "data", workers=1, auth=False, args=["--log-format", "json", "--log-level", "info"],
+        env={"OPENGEM_DATABASE_URL": ""},
+    )  # fmt: skip
+    try:
+        assert requests.get(f"{process.url}/healthz", timeout=10).status_code == 200
+        requests.get(f"{process.url}/api/models", timeout=10)
+    finally:
+        process.stop()
+    lines = [line for line in process.log().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert any("GET /api/models" in r["message"] for r in records)  # access lines too
+    assert all(r["time"] and r["level"] for r in records)
+    assert any(r["logger"] == "opengem.worker" for r in records)  # workers log the same way

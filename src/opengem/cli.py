@@ -470,6 +470,9 @@ def serve_cmd(
         "API's to the last count)",
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error"),
+    log_format: str = typer.Option(
+        "plain", help="plain (timestamped lines) or json (one JSON object per line)"
+    ),
     allow_public_no_auth: bool = typer.Option(
         False,
         "--allow-public-no-auth",
@@ -511,6 +514,7 @@ def serve_cmd(
             public_url=public_url,
             torch_threads=torch_threads,
             log_level=log_level,
+            log_format=log_format,
         )
         store = open_store(config.data_dir, config.resolved_database_url)
         n_keys = sum(1 for k in store.list_keys() if k.revoked_at is None)

@@ -555,11 +555,10 @@ def serve(config: ServerConfig) -> None:
     """Run the API (uvicorn) and its workers until interrupted."""
     import uvicorn
 
+    from opengem.server.logs import configure, log_config
+
     log_level = config.log_level.lower()
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    configure(log_level, config.log_format)
     app = create_app(config)
     uvicorn.run(
         app,
@@ -569,4 +568,5 @@ def serve(config: ServerConfig) -> None:
         timeout_graceful_shutdown=15,
         server_header=False,
         limit_concurrency=config.max_connections,
+        log_config=log_config(log_level, config.log_format),
     )

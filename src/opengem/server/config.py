@@ -94,6 +94,7 @@ class ServerConfig:
     heartbeat_s: float = 2.0
     torch_threads: int | None = None
     log_level: str = "info"
+    log_format: str = "plain"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -110,6 +111,12 @@ class ServerConfig:
             problems.append("the query timeout must be positive")
         if self.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
             problems.append("the log level must be debug, info, warning, error or critical")
+        if self.log_format not in ("plain", "json"):
+            problems.append(f"the log format must be plain or json, not {self.log_format!r}")
+        if self.body_timeout_s <= 0:
+            problems.append("the body timeout must be positive")
+        if self.max_connections < 1:
+            problems.append("at least one connection must be allowed")
         if self.download_ttl_s < 1:
             problems.append("download URLs must live at least 1 second")
         if problems:

@@ -271,10 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         changes["query_timeout_s"] = args.query_timeout
     if changes:
         config = config.with_(**changes)
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s",
-    )
+    from opengem.server.logs import configure
+
+    configure(config.log_level, config.log_format)
     _configure_torch(config)
     worker = Worker(config)
     log.info("worker %s ready", worker.worker_id)
