@@ -257,3 +257,16 @@ def test_json_logs_are_one_object_per_line_with_a_time(tmp_path: Any) -> None:
     assert any("GET /api/models" in r["message"] for r in records)  # access lines too
     assert all(r["time"] and r["level"] for r in records)
     assert any(r["logger"] == "opengem.worker" for r in records)  # workers log the same way
+
+
+def test_docs_load_nothing_from_outside(server: str) -> None:
+    import re
+
+    page = requests.get(f"{server}/docs", timeout=10)
+    assert page.status_code == 200
+    urls = re.findall(r'(?:src|href|url)\s*[:=]\s*["\']([^"\']+)["\']', page.text)
+    assert urls and not [u for u in urls if u.startswith(("http:", "https:", "//"))]
+    for url in urls:
+        if url.startswith("/static/"):
+            assert requests.get(f"{server}{url}", timeout=10).status_code == 200, url
+    assert requests.get(f"{server}/redoc", timeout=10).url.endswith("/docs")

@@ -159,6 +159,30 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
+def _mount_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) with every asset served by opengem; ``/redoc`` points there."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, RedirectResponse
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+
 class _BigFileResponse(FileResponse):
     """Results are tens of megabytes: send them in 1 MiB chunks."""
 
@@ -266,8 +290,11 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
             "JSON behind a signed URL) or self-hosted (synchronous Arrow stream)."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from opengem's own copy of Swagger UI (no CDN)
+        redoc_url=None,
     )
     app.state.opengem = state
+    _mount_docs(app)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s
     )
