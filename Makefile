@@ -19,10 +19,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests scripts
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts
+	$(PY) -m mypy
 
 # Re-pin every dependency to what is installed now (after a deliberate upgrade).
 lock: $(STAMP)

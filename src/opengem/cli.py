@@ -669,7 +669,7 @@ def eval_cmd(
         words += ["--max-minutes", f"{max_minutes:g}"] if max_minutes is not None else []
         words += ["--max-rotations", str(max_rotations)] if max_rotations is not None else []
         command = shlex.join([*words, "--out", str(out)])
-    options = {
+    options: dict[str, Any] = {
         "config": None,
         "fast": fast,
         "max_minutes": max_minutes,

@@ -648,8 +648,8 @@ class _Checker:
                 if any(v is None for v in values) or not any(values):
                     continue
                 out[f] = PERTURBATION_SEP.join(v or "" for v in values)
-            elif shared.get(f) is not None:
-                out[f] = shared[f]  # one dose / time for every component
+            elif (one := shared.get(f)) is not None:
+                out[f] = one  # one dose / time for every component
         return out
 
     # ------------------------------------------------------------------ counts

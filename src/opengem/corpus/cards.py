@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,7 +157,7 @@ class StudyCard(_Section):
         _check_fields(self.columns, "columns")
         for i, rule in enumerate(self.rules):
             _check_fields(rule.set, f"rules[{i}].set")
-        sets = [self.defaults, self.columns, *(r.set for r in self.rules)]
+        sets: list[Mapping[str, Any]] = [self.defaults, self.columns, *(r.set for r in self.rules)]
         if any("study" in s for s in sets):
             raise ValueError("the study field is set from [study].id; do not set it")
         clash = sorted(set(self.free) & RESERVED_COLUMNS)

@@ -44,6 +44,7 @@ from opengem.contract import (
     ReferenceQuery,
     SampleIdsQuery,
 )
+from opengem.contract.query import ReferenceInput, SampleIdsInput
 from opengem.engine.bundle import Bundle
 from opengem.engine.results import ExpressionResult, MetadataResult
 from opengem.model import GEMModel, perturbations_of
@@ -185,7 +186,9 @@ class Predictor:
         if isinstance(query, BaselineQuery):
             return self._baseline(query, rng)
         if isinstance(query, ReferenceQuery):
-            refs = [(np.asarray(i.counts, dtype=np.float64), None) for i in query.inputs]
+            refs: list[tuple[np.ndarray | None, dict[str, Any] | None]] = [
+                (np.asarray(i.counts, dtype=np.float64), None) for i in query.inputs
+            ]
             return self._conditioned(query, refs, rng)
         if isinstance(query, SampleIdsQuery):
             return self._conditioned(
@@ -290,7 +293,8 @@ class Predictor:
         conditioned = set(query.conditioning)
         parts_y, parts_b, parts_t, parts_p, rows, libraries = [], [], [], [], [], []
         full = np.ones(m.n_genes, dtype=bool)
-        for item, (counts, stored) in zip(query.inputs, refs, strict=True):
+        items: Sequence[ReferenceInput | SampleIdsInput] = query.inputs
+        for item, (counts, stored) in zip(items, refs, strict=True):
             record = dict(item.metadata)
             record.setdefault("perturbation_type", "control")
             n = item.num_samples

@@ -55,7 +55,7 @@ class ModelClient:
     def from_references(
         self,
         view: CorpusView,
-        references: Sequence[int],
+        references: Sequence[int] | np.ndarray,
         metadata: Sequence[dict[str, str]],
         genes: np.ndarray,
     ) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -119,13 +120,21 @@ def _stat(values: Sequence[float | None], how: str) -> float:
     return float(arr.mean() if how == "mean" else np.median(arr))
 
 
+def _baseline_of(u: UnitResult, name: str) -> Metrics | None:
+    return u.baselines.get(name)
+
+
+def _diagnostic_of(u: UnitResult, name: str) -> Metrics | None:
+    return u.diagnostics.get(name)
+
+
 def _rows(units: Sequence[UnitResult]) -> dict[str, Callable[[UnitResult], Metrics | None]]:
     getters: dict[str, Callable[[UnitResult], Metrics | None]] = {"model": lambda u: u.model}
     for u in units:
         for b in u.baselines:
-            getters.setdefault(f"baselines/{b}", lambda u, b=b: u.baselines.get(b))
+            getters.setdefault(f"baselines/{b}", partial(_baseline_of, name=b))
         for d in u.diagnostics:
-            getters.setdefault(f"diagnostics/{d}", lambda u, d=d: u.diagnostics.get(d))
+            getters.setdefault(f"diagnostics/{d}", partial(_diagnostic_of, name=d))
     return getters
 
 
@@ -171,12 +180,11 @@ def _paired(units: Sequence[UnitResult]) -> dict[str, dict[str, dict[str, float 
         rows: dict[str, dict[str, float | int]] = {}
         metrics = {k for u in units for k in (u.baselines.get(b) or {})}
         for k in sorted(metrics):
-            pairs = [
-                (u.model.get(k), (u.baselines.get(b) or {}).get(k))
-                for u in units
-                if u.model.get(k) is not None and (u.baselines.get(b) or {}).get(k) is not None
-            ]
-            pairs = [(m, v) for m, v in pairs if math.isfinite(m) and math.isfinite(v)]
+            pairs: list[tuple[float, float]] = []
+            for u in units:
+                mv, bv = u.model.get(k), (u.baselines.get(b) or {}).get(k)
+                if mv is not None and bv is not None and math.isfinite(mv) and math.isfinite(bv):
+                    pairs.append((mv, bv))
             if not pairs:
                 continue
             arr = np.asarray(pairs, dtype=np.float64)

@@ -344,7 +344,7 @@ def target_genes(record: Mapping[str, str], genes: np.ndarray) -> list[int]:
             continue
         space = space or default_gene_space()
         where = space.index_of(part.get("perturbation_ontology_id", ""))
-        hit = np.flatnonzero(genes == where) if where is not None else []
+        hit = np.flatnonzero(genes == where) if where is not None else np.zeros(0, np.intp)
         if len(hit):
             out.append(int(hit[0]))
     return out

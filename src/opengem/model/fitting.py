@@ -377,9 +377,10 @@ def _combination_scale(units: list[Unit], effects: np.ndarray, masks: np.ndarray
         if u.single:
             continue
         parts = [single.get((u.context, f"{p['type']}:{p['id']}")) for p in u.perturbations]
-        if any(p is None for p in parts):
+        rows = [p for p in parts if p is not None]
+        if len(rows) < len(parts):
             continue
-        total = effects[parts].sum(axis=0)
+        total = effects[rows].sum(axis=0)
         keep = masks[i]
         num += float(total[keep] @ effects[i][keep])
         den += float(total[keep] @ total[keep])
@@ -602,14 +603,14 @@ def fit_model(
     model.gene_mean = intercept
     if m <= config.mean_rank:  # exact
         model.coef_u, model.coef_v = a, yc
-        r, energy = m, 1.0
+        rank, energy = m, 1.0
     else:  # more condition groups than the size budget allows: the top components
         coef = a @ yc
         sv, vt = _top_components(coef, config.mean_rank)
-        r = len(sv)
+        rank = len(sv)
         energy = float((sv**2).sum() / max(float((coef**2).sum()), 1e-12))
         model.coef_u, model.coef_v = coef @ vt.T, vt
-    log(f"  prior mean: {m} condition groups, {len(columns)} features, rank {r} ({energy:.4f})")
+    log(f"  prior mean: {m} condition groups, {len(columns)} features, rank {rank} ({energy:.4f})")
 
     # ---- variation: within-condition residuals (biological), study effects (technical)
     multi = np.flatnonzero(sizes[member] >= 2)

@@ -305,7 +305,7 @@ class GEMModel:
             units_t = [r for r, u in zip(rows, units, strict=True) if u.log_time in (t, None)]
             rows = units_t or rows
         dosed = [(self.units[i].log_dose, i) for i in rows if self.units[i].log_dose is not None]
-        mask = self.unit_mask[rows].all(axis=0)
+        mask: np.ndarray = np.asarray(self.unit_mask[rows].all(axis=0))
         if not dosed or pert.log_dose is None:
             if dosed and pert.log_dose is None:
                 # no dose asked: the median trained dose
@@ -404,7 +404,7 @@ class GEMModel:
         if len(perts) > 1 and key in self._units_by_key:  # the combination itself was measured
 
             def pooled(mine: list[int]) -> tuple[np.ndarray, np.ndarray]:
-                return self.unit_effect[mine].mean(0), self.unit_mask[mine].all(0)
+                return self.unit_effect[mine].mean(0), np.asarray(self.unit_mask[mine].all(0))
 
             return self._across_contexts(self._units_by_key[key], sim, pooled), True
         parts = [

@@ -100,8 +100,8 @@ class GeneSpace:
             gid = strip_version(text)
             return gid if gid in self._index else None
         if entrez is not None and text.isdigit():
-            gid = entrez.get(text)
-            return gid if gid is not None and gid in self._index else None
+            found = entrez.get(text)
+            return found if found is not None and found in self._index else None
         hits = self.ids_for_symbol(text)
         return hits[0] if len(hits) == 1 else None
 

@@ -54,7 +54,8 @@ def choose_validation_studies(obs: pd.DataFrame, fraction: float, seed: int) -> 
     rng = np.random.default_rng(seed)
     order = list(rng.permutation(redundant)) if redundant else list(rng.permutation(studies))
     sizes = obs["study"].astype(str).value_counts()
-    chosen, total = [], 0
+    chosen: list[str] = []
+    total = 0
     for s in order:
         if total >= fraction * len(obs) or len(chosen) == len(studies) - 1:
             break

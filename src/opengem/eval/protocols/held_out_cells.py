@@ -52,8 +52,8 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
     with ctx.trained(train_rows, list(held_by_study), "cells held out", []) as (client, fitted):
         for study, rows in held_by_study.items():
             model_md, lr_md, info, calib = score_metadata(client, view, rows, fitted, study)
-            for k in calibration:
-                calibration[k] += calib[k]
+            for side in calibration:
+                calibration[side] += calib[side]
             units.append(
                 UnitResult(
                     name=study,

@@ -199,6 +199,8 @@ def score_perturbation_units(
             truth_base = None
         targets = target_genes(u.cell.perturbation, genes)
         error = None
+        pred: np.ndarray | None
+        none: np.ndarray | None
         try:
             metadata = [view.record(int(r), PERTURBATION_FIELDS) for r in u.scored]
             pred = view.replicates(client.from_references(view, u.references, metadata, genes))
