@@ -270,3 +270,19 @@ def test_docs_load_nothing_from_outside(server: str) -> None:
         if url.startswith("/static/"):
             assert requests.get(f"{server}{url}", timeout=10).status_code == 200, url
     assert requests.get(f"{server}/redoc", timeout=10).url.endswith("/docs")
+
+
+def test_sampling_strategies_are_one_registry() -> None:
+    from opengem.contract.query import SAMPLING_STRATEGIES, STRATEGIES
+    from opengem.engine.predictor import DRAWS
+
+    assert set(DRAWS) == set(STRATEGIES) == set(SAMPLING_STRATEGIES)
+    with pytest.raises(QueryError) as err:
+        validate_query(
+            {
+                "inputs": [{"metadata": {}, "num_samples": 1}],
+                "sampling_strategy": "sample generation",
+            },
+            "gem-1-sc",
+        )
+    assert "supports only 'mean estimation'" in str(err.value)

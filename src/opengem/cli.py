@@ -141,6 +141,12 @@ def fields_cmd() -> None:
         "all; each component is checked like a\nsingle perturbation (errors name it: "
         "perturbation_ontology_id[1]); 'control' is never combined."
     )
+    from opengem.contract.query import STRATEGIES
+
+    typer.echo("\nSampling strategies (sampling_strategy):")
+    for s in STRATEGIES.values():
+        where = ", ".join("single-cell" if m.value == "sc" else m.value for m in s.modalities)
+        typer.echo(f"  {s.name:<18} {where:<18} {s.description}")
 
 
 @app.command("examples")

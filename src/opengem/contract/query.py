@@ -10,6 +10,7 @@ floats) is handled by the validator, which reports every problem at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -19,7 +20,34 @@ from opengem.contract.fields import LatentGroup
 from opengem.contract.models import Modality, Task
 
 SamplingStrategy = Literal["sample generation", "mean estimation"]
-SAMPLING_STRATEGIES: tuple[str, ...] = ("sample generation", "mean estimation")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A sampling strategy: what it draws, and which modalities offer it."""
+
+    name: str
+    modalities: tuple[Modality, ...]
+    description: str
+
+
+#: every sampling strategy (the contract, the predictor and ``opengem fields`` read it)
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy(
+            "sample generation",
+            (Modality.BULK,),
+            "replicate-like samples: latent, residual and Poisson counting noise",
+        ),
+        Strategy(
+            "mean estimation",
+            (Modality.BULK, Modality.SC),
+            "the expected counts, rounded (keeping each sample's total)",
+        ),
+    )
+}
+SAMPLING_STRATEGIES: tuple[str, ...] = tuple(STRATEGIES)
 DEFAULT_TOTAL_COUNT = {Modality.BULK: 10_000_000, Modality.SC: 10_000}
 DEFAULT_CONDITIONING = (LatentGroup.BIOLOGICAL, LatentGroup.TECHNICAL)
 

@@ -48,6 +48,7 @@ from opengem.contract.query import (
     DEFAULT_TOTAL_COUNT,
     QUERY_TYPES,
     SAMPLING_STRATEGIES,
+    STRATEGIES,
     Query,
 )
 from opengem.ontology.compounds import is_known_chembl, similar_chembl
@@ -822,13 +823,15 @@ class _Checker:
             )
         else:
             choice = self.check_choice(key, strategy, SAMPLING_STRATEGIES, "sampling strategy")
-            if choice == "sample generation" and self.spec.modality is Modality.SC:
+            offered = [n for n, s in STRATEGIES.items() if self.spec.modality in s.modalities]
+            if choice is not None and choice not in offered:
+                word = "single-cell" if self.spec.modality is Modality.SC else "bulk"
                 self.add(
                     key,
                     strategy,
-                    "is not supported by single-cell models; single-cell "
-                    "supports only 'mean estimation'",
-                    ["mean estimation"],
+                    f"is not supported by {word} models; {word} supports only "
+                    + " or ".join(repr(n) for n in offered),
+                    offered,
                 )
             elif choice is not None:
                 out["sampling_strategy"] = choice

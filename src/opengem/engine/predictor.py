@@ -29,7 +29,7 @@ seed gives byte-identical results in any process; no seed, fresh randomness.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ from opengem.contract import (
     ReferenceQuery,
     SampleIdsQuery,
 )
-from opengem.contract.query import ReferenceInput, SampleIdsInput
+from opengem.contract.query import STRATEGIES, ReferenceInput, SampleIdsInput
 from opengem.engine.bundle import Bundle
 from opengem.engine.results import ExpressionResult, MetadataResult
 from opengem.model import GEMModel, perturbations_of
@@ -84,6 +84,16 @@ def round_preserving_total(mu: np.ndarray) -> np.ndarray:
             row[np.argpartition(frac, n - d)[n - d :]] += 1
         counts[i] = row
     return counts
+
+
+#: how each sampling strategy (:data:`opengem.contract.query.STRATEGIES`) turns expected
+#: counts into counts
+DRAWS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "sample generation": lambda mu, rng: rng.poisson(mu),
+    "mean estimation": lambda mu, rng: round_preserving_total(mu),
+}
+if set(DRAWS) != set(STRATEGIES):  # a strategy added to the contract needs its draw here
+    raise ImportError(f"sampling strategies without a draw: {set(STRATEGIES) ^ set(DRAWS)}")
 
 
 def output_metadata(
@@ -166,14 +176,14 @@ class Predictor:
     def _counts(
         self, y: np.ndarray, library: np.ndarray, strategy: str, rng: np.random.Generator
     ) -> np.ndarray:
+        draw = DRAWS.get(strategy)
+        if draw is None:
+            raise ValueError(f"sampling strategy {strategy!r}: expected one of {sorted(DRAWS)}")
         out = np.empty(y.shape, dtype=np.int64)
         for start in range(0, len(y), CHUNK):
             stop = min(len(y), start + CHUNK)
             mu = self.model.expected_counts(y[start:stop], library[start:stop])
-            if strategy == "sample generation":
-                out[start:stop] = rng.poisson(mu)
-            else:
-                out[start:stop] = round_preserving_total(mu)
+            out[start:stop] = draw(mu, rng)
         return out
 
     def _pert_latent(self, effects: np.ndarray) -> np.ndarray:
