@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from opengem.contract import validate_query
 from opengem.engine.registry import ModelRegistry, default_registry
 from opengem.engine.results import ExpressionResult, MetadataResult, Result
 
@@ -17,17 +16,9 @@ def run_query(
     query: dict[str, Any], model_id: str, registry: ModelRegistry | None = None
 ) -> Result:
     """Validate a query against the model's vocabulary and run it."""
-    predictor = (registry or default_registry()).predictor(model_id)
-    normalised = validate_query(
-        query,
-        model_id,
-        vocabulary=predictor.vocab.as_validation_vocabulary(),
-        ancestor_tokens=predictor.vocab.ancestor_tokens(),
-        known_sample_ids=(
-            predictor.known_sample_ids() if model_id.endswith("condition-on-sample-ids") else None
-        ),
-    )
-    return predictor.predict(normalised)
+    registry = registry or default_registry()
+    normalised = registry.validate(model_id, query)
+    return registry.predictor(model_id).predict(normalised)
 
 
 def predict_query(

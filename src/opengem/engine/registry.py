@@ -15,10 +15,15 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from opengem.contract import parse_model_id
 from opengem.engine.bundle import BundleError, load_bundle
 from opengem.engine.predictor import Predictor
+
+if TYPE_CHECKING:
+    from opengem.contract import Query
+    from opengem.settings import QueryLimits
 
 
 def default_models_dir() -> Path:
@@ -73,6 +78,30 @@ class ModelRegistry:
                 self._loaded[base] = hit
             hit.last_used = time.monotonic()
             return hit.predictor
+
+    def validate(self, model_id: str, query: Any, limits: QueryLimits | None = None) -> Query:
+        """``query`` validated against the vocabulary of the model serving ``model_id``
+        (its training sample ids too, for condition-on-sample-ids): the one check every
+        caller uses (embedded API, server, evaluation).
+
+        Raises ``UnknownModelError``, ``QueryError``, or ``BundleError`` when the model
+        has no bundle here.
+        """
+        from opengem.contract import validate_query
+
+        predictor = self.predictor(model_id)
+        return validate_query(
+            query,
+            model_id,
+            limits=limits,
+            vocabulary=predictor.vocab.as_validation_vocabulary(),
+            ancestor_tokens=predictor.vocab.ancestor_tokens(),
+            known_sample_ids=(
+                predictor.known_sample_ids()
+                if model_id.endswith("condition-on-sample-ids")
+                else None
+            ),
+        )
 
     def loaded(self) -> list[str]:
         with self._lock:

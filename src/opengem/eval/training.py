@@ -235,15 +235,7 @@ class TrainedModel:
         return run_query(query, self.model_id(task), self.registry)
 
     def check(self, query: dict[str, Any], task: str | None) -> None:
-        from opengem.contract import validate_query
-
-        vocab = self.registry.predictor(self.model_id(task)).vocab
-        validate_query(
-            query,
-            self.model_id(task),
-            vocabulary=vocab.as_validation_vocabulary(),
-            ancestor_tokens=vocab.ancestor_tokens(),
-        )
+        self.registry.validate(self.model_id(task), query)
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from opengem.contract import validate_query
 from opengem.settings import QueryLimits
 
 
@@ -14,17 +13,7 @@ def validate_for_model(registry: Any, model_id: str, query: Any, limits: QueryLi
     Returns the normalised query. Raises ``UnknownModelError``, ``QueryError``, or
     ``BundleError`` when the model has no bundle on this server.
     """
-    predictor = registry.predictor(model_id)
-    return validate_query(
-        query,
-        model_id,
-        limits=limits,
-        vocabulary=predictor.vocab.as_validation_vocabulary(),
-        ancestor_tokens=predictor.vocab.ancestor_tokens(),
-        known_sample_ids=(
-            predictor.known_sample_ids() if model_id.endswith("condition-on-sample-ids") else None
-        ),
-    )
+    return registry.validate(model_id, query, limits)
 
 
 def sample_count(normalised: Any) -> int:
