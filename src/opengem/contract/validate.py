@@ -110,6 +110,8 @@ _MAX_VALUE_LENGTH = 256
 #: problems reported per query: checking stops there (a query of 20,000 bad inputs is
 #: answered at once, with the first problems and a note)
 MAX_PROBLEMS = 20
+#: problems that get fuzzy "did you mean" suggestions (each costs a search)
+SUGGESTED_PROBLEMS = 5
 #: perturbations one input may combine
 MAX_COMBINATION = 16
 _MAX_SEED = 2**63 - 1
@@ -182,6 +184,11 @@ class _Checker:
     @property
     def full(self) -> bool:
         return len(self.problems) >= MAX_PROBLEMS
+
+    @property
+    def may_suggest(self) -> bool:
+        """Fuzzy suggestions (the costly part of a bad id) for the first problems only."""
+        return len(self.problems) < SUGGESTED_PROBLEMS
 
     def reported(self) -> list[Problem]:
         """The problems, with a note when checking stopped at :data:`MAX_PROBLEMS`."""
@@ -375,7 +382,11 @@ class _Checker:
         term = self.resolver.term(text)
         version = self.resolver.ontology_version(ontology)
         if term is None:
-            hints = [f"{t.term_id} ({t.label})" for t in self.resolver.similar_ids(text, ontology)]
+            hints = (
+                [f"{t.term_id} ({t.label})" for t in self.resolver.similar_ids(text, ontology)]
+                if self.may_suggest
+                else []
+            )
             self.add(loc, text, f"does not exist in {ontology} ({version})", hints)
             return None
         if term.deprecated:
@@ -422,7 +433,7 @@ class _Checker:
                 loc,
                 text,
                 f"is not an ontology id; this field needs {needed}",
-                self.suggest_terms(field, text),
+                self.suggest_terms(field, text) if self.may_suggest else [],
             )
 
     def suggest_terms(self, field: FieldSpec, text: str) -> list[str]:
