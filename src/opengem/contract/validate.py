@@ -185,6 +185,12 @@ class _Checker:
     def full(self) -> bool:
         return len(self.problems) >= MAX_PROBLEMS
 
+    def stop(self) -> bool:
+        """Whether checking stops here (:data:`MAX_PROBLEMS` reached; the note says so)."""
+        if self.full:
+            self.truncated = True
+        return self.full
+
     @property
     def may_suggest(self) -> bool:
         """Fuzzy suggestions (the costly part of a bad id) for the first problems only."""
@@ -248,8 +254,7 @@ class _Checker:
         combination = _is_combination({k: v for k, v in metadata.items() if k in allowed})
         raw_perturbation: dict[str, Any] = {}
         for key, value in metadata.items():
-            if self.full:
-                self.truncated = True
+            if self.stop():
                 break
             where = f"{loc}.{key}"
             if key not in FIELDS:
@@ -763,8 +768,7 @@ class _Checker:
         for key in query:
             if key in allowed or key in _LEGACY_KEYS:
                 continue
-            if self.full:
-                self.truncated = True
+            if self.stop():
                 break
             near = _did_you_mean(str(key)[:64], every)
             target = key if key in every else (near[0] if near else None)
@@ -895,8 +899,7 @@ class _Checker:
             return []
         out = []
         for i, item in enumerate(inputs):
-            if self.full:  # the rest is not checked (the note says so)
-                self.truncated = True
+            if self.stop():  # the rest is not checked (the note says so)
                 break
             out.append(self.check_input(f"inputs[{i}]", item))
         total = sum((x.get("num_samples") or 0) for x in out)

@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special
 
-from opengem.eval.metrics import log_cpm
+from opengem.eval.metrics import log_cpm, masked_mean
 
 FloatArray = NDArray[np.float64]
 
@@ -153,12 +153,7 @@ def train_mean(training_perturbed: ArrayLike, measured: ArrayLike | None = None)
     x = np.asarray(training_perturbed, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError("training_perturbed must be a non-empty samples x genes matrix")
-    if measured is None:
-        return x.mean(axis=0)
-    m = np.asarray(measured, dtype=bool)
-    n = m.sum(axis=0)
-    total = np.where(m, x, 0.0).sum(axis=0)
-    return np.where(n > 0, total / np.maximum(n, 1), 0.0)
+    return masked_mean(x, measured)
 
 
 # --------------------------------------------------------------------------- generation

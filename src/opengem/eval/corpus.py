@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from opengem.contract import FIELDS, PERTURBATION_FIELDS
-from opengem.eval.metrics import log_cpm, pseudobulk, pseudobulk_mean
+from opengem.eval.metrics import log_cpm, masked_mean, pseudobulk, pseudobulk_mean
 
 __all__ = [
     "BIOLOGICAL_CONTEXT_FIELDS",
@@ -163,13 +163,7 @@ class CorpusView:
 
     def mean_of(self, lcpm: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray:
         """The mean profile of log-CPM rows in this corpus's space (see :meth:`profile`)."""
-        if self.pooled:
-            return pseudobulk_mean(lcpm, measured)
-        if measured is None:
-            return np.asarray(lcpm, dtype=np.float64).mean(axis=0)
-        w = np.asarray(measured, dtype=np.float64)
-        den = w.sum(axis=0)
-        return np.where(den > 0, (w * lcpm).sum(axis=0) / np.maximum(den, 1.0), 0.0)
+        return (pseudobulk_mean if self.pooled else masked_mean)(lcpm, measured)
 
     def replicates(self, lcpm: np.ndarray) -> np.ndarray:
         """Rows as compared: bulk samples as they are, cells as :data:`POOLS` pseudobulk

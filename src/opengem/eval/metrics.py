@@ -41,6 +41,7 @@ __all__ = [
     "log_cpm",
     "macro_f1",
     "magnitude_ratio",
+    "masked_mean",
     "on_target_error",
     "pearson",
     "pearson_delta",
@@ -180,6 +181,17 @@ def _pca_scores(x: FloatArray, n_components: int | None) -> FloatArray:
 # --------------------------------------------------------------------------- expression space
 
 
+def masked_mean(rows: ArrayLike, measured: ArrayLike | None = None) -> FloatArray:
+    """Column means of ``rows``; with ``measured`` (bool, same shape) over the rows that
+    measured each gene (0 where none did)."""
+    x = _as_matrix(rows, "rows")
+    if measured is None:
+        return x.mean(axis=0)
+    m = np.asarray(measured, dtype=bool)
+    n = m.sum(axis=0)
+    return np.where(n > 0, np.where(m, x, 0.0).sum(axis=0) / np.maximum(n, 1), 0.0)
+
+
 def pseudobulk_mean(lcpm: ArrayLike, measured: ArrayLike | None = None) -> FloatArray:
     """The pseudobulk profile of rows of log-CPM: ``log1p`` of their mean CPM.
 
@@ -188,12 +200,7 @@ def pseudobulk_mean(lcpm: ArrayLike, measured: ArrayLike | None = None) -> Float
     With ``measured`` (bool, same shape) a gene's mean is over the rows that measured
     it (0 when none did).
     """
-    x = np.expm1(np.clip(_as_matrix(lcpm, "lcpm"), 0.0, None))
-    if measured is None:
-        return np.log1p(x.mean(axis=0))
-    w = np.asarray(measured, dtype=np.float64)
-    den = w.sum(axis=0)
-    return np.log1p(np.where(den > 0, (w * x).sum(axis=0) / np.maximum(den, 1.0), 0.0))
+    return np.log1p(masked_mean(np.expm1(np.clip(_as_matrix(lcpm, "lcpm"), 0.0, None)), measured))
 
 
 def pseudobulk(lcpm: ArrayLike, n_pools: int = 5) -> FloatArray:

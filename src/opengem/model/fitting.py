@@ -135,10 +135,16 @@ def _reference_fraction(c: _Corpus) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(ref, 0.0) / max(ref.sum(), 1e-12), np.maximum(floor, 0.0)
 
 
+def _row_scale(c: _Corpus, ref: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Per row, the factor from counts to share-scaled CPM (a panel's CPM rescaled to the
+    share of the transcriptome its study's genes hold)."""
+    rows = np.arange(c.n) if rows is None else rows
+    share = np.array([float(ref[c.study_masks[s]].sum()) for s in c.studies[rows]])
+    return np.clip(share, 1e-6, 1.0) * 1e6 / np.maximum(c.library[rows], 1.0)
+
+
 def _log_expression(c: _Corpus, ref: np.ndarray) -> sp.csr_matrix:
-    share = np.array([float(ref[c.study_masks[s]].sum()) for s in c.studies])
-    scale = np.clip(share, 1e-6, 1.0) * 1e6 / np.maximum(c.library, 1.0)
-    y = sp.diags(scale) @ c.x
+    y = sp.diags(_row_scale(c, ref)) @ c.x
     y = sp.csr_matrix(y)
     y.data = np.log1p(y.data)
     return y
@@ -630,8 +636,7 @@ def fit_model(
         # the residuals hold the counting noise of each sample's depth, which "sample
         # generation" draws again as Poisson counts: only the rest is expression noise.
         # Poisson variance of log1p(s·k), k ~ Poisson(λ), at cpm = s·λ: s·cpm / (1+cpm)²
-        share = np.array([float(ref[c.study_masks[st]].sum()) for st in c.studies[multi]])
-        s_row = np.clip(share, 1e-6, 1.0) * 1e6 / np.maximum(c.library[multi], 1.0)
+        s_row = _row_scale(c, ref, multi)
         cpm = np.expm1(np.clip(gmeans[member[multi]], 0.0, 30.0))
         counting = np.where(c.masks(multi), s_row[:, None] * cpm / (1.0 + cpm) ** 2, 0.0)
         counting = counting.sum(axis=0) / counted

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -180,9 +181,9 @@ def score_perturbation_units(
         genes = view.genes_of(u.study)
         # cells are compared as pseudobulk pseudo-replicates, paired with their references;
         # their true effect is that of every perturbed cell (at most TRUTH_CELLS) against
-        # every control, not only of the scored subsample (whose top genes are its noise)
+        # every control, not only of the scored subsample (whose top genes are its noise),
+        # and their DEGs are genes with enough reads to have an effect, not a few counts
         refs = view.replicates(view.lcpm(u.references, u.study))
-        # (and their DEGs are genes with enough reads to have an effect, not a few counts)
         deg_genes: np.ndarray | None = None
         if view.pooled:
             perturbed, controls = _capped(u.cell.perturbed), _capped(u.controls)
@@ -198,6 +199,7 @@ def score_perturbation_units(
             ctrls = view.lcpm(u.controls, u.study)
             truth_base = None
         targets = target_genes(u.cell.perturbation, genes)
+        scores = partial(perturbation_scores, truth_base=truth_base, deg_genes=deg_genes)
         error = None
         pred: np.ndarray | None
         none: np.ndarray | None
@@ -207,19 +209,10 @@ def score_perturbation_units(
             none = view.replicates(
                 client.from_references(view, u.references, [{}] * len(u.scored), genes)
             )
-            model = perturbation_scores(
-                pred, real, refs, ctrls, none, targets, truth_base=truth_base, deg_genes=deg_genes
-            )
+            model = scores(pred, real, refs, ctrls, none, targets)
             diagnostics = {
-                "no_perturbation_sent": perturbation_scores(
-                    none,
-                    real,
-                    refs,
-                    ctrls,
-                    targets=targets,
-                    counterfactual=False,
-                    truth_base=truth_base,
-                    deg_genes=deg_genes,
+                "no_perturbation_sent": scores(
+                    none, real, refs, ctrls, targets=targets, counterfactual=False
                 )
             }
         except QueryError as exc:
@@ -240,9 +233,7 @@ def score_perturbation_units(
                 continue
             p = bl.renormalise(p)
             preds[name] = p
-            rows[name] = perturbation_scores(
-                p, real, refs, ctrls, None, targets, truth_base=truth_base, deg_genes=deg_genes
-            )
+            rows[name] = scores(p, real, refs, ctrls, None, targets)
         result = UnitResult(
             name=u.name,
             study=u.study,
