@@ -177,7 +177,7 @@ def write_result(result: Any, out: Path) -> None:
     """Write a result as .h5ad, .csv (expression; metadata beside it) or .parquet, atomically."""
     import os
 
-    from opengem.client.embedded import to_anndata
+    from opengem.client.export import write_frames
 
     suffix = out.suffix.lower()
     if suffix not in (".h5ad", ".csv", ".parquet"):
@@ -185,15 +185,9 @@ def write_result(result: Any, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     frames = result.to_frames()
-    if suffix == ".h5ad":
-        to_anndata(result).write_h5ad(tmp)
-    elif suffix == ".csv":
-        frames["expression"].to_csv(tmp, index_label="sample")
-        meta = out.with_name(out.stem + ".metadata.csv")
-        frames["metadata"].to_csv(meta, index_label="sample")
-    else:
-        table = frames["metadata"].add_prefix("meta_").join(frames["expression"])
-        table.to_parquet(tmp)
+    write_frames(frames, tmp, suffix[1:])
+    if suffix == ".csv":
+        write_frames(frames, out.with_name(out.stem + ".metadata.csv"), "metadata.csv")
     os.replace(tmp, out)
 
 
@@ -239,41 +233,28 @@ def generate_cmd(
 def predict_metadata_cmd(
     counts: Path = typer.Option(
         ...,
-        help="counts table: rows = samples, columns = gene ids "
-        "(Ensembl or symbols; csv/tsv); missing genes count as 0",
+        help="counts table (csv/tsv/h5ad): samples × genes or genes × samples, genes "
+        "named by Ensembl id or symbol; missing genes count as 0",
     ),
     modality: str = typer.Option("bulk", help="bulk or sc"),
     out: Path = typer.Option(None, "--out", "-o", help="write predictions as .csv"),
 ) -> None:
     """Predict tissue, cell type, disease, sex… of each sample in a counts table."""
-    import numpy as np
-    import pandas as pd
-
-    from opengem.ontology import default_gene_space
+    from opengem.client.tables import CountsTableError, read_counts_table
 
     if modality not in ("bulk", "sc"):
         _fail(f"--modality {modality!r}: use 'bulk' or 'sc'")
     if not counts.is_file():
         _fail(f"counts file {counts} does not exist")
-    sep = "\t" if counts.suffix in (".tsv", ".txt") or counts.name.endswith(".tsv.gz") else ","
-    table = pd.read_csv(counts, sep=sep, index_col=0)
-    genes = default_gene_space()
-    positions = genes.positions([str(c) for c in table.columns])
-    if (positions >= 0).sum() == 0:
-        _fail(
-            f"{counts}: no column is a gene of opengem's gene space ({genes.release}); columns "
-            f"should be Ensembl ids or symbols, rows samples"
-        )
-    matrix = np.zeros((len(table), len(genes)), dtype=np.int64)
-    values = table.to_numpy()
-    if not np.issubdtype(values.dtype, np.number):
-        _fail(f"{counts}: every column after the first (sample ids) must hold counts")
-    keep = positions >= 0
-    np.add.at(matrix.T, positions[keep], np.rint(values[:, keep]).astype(np.int64).T)
+    try:
+        table = read_counts_table(counts.read_bytes(), counts.name)
+    except CountsTableError as exc:
+        _fail(str(exc))
+    matrix = table.counts
     model_id = f"gem-1-{modality}_predict-metadata"
     result = _run({"inputs": [{"counts": row} for row in matrix.tolist()]}, model_id)
     frame = result.to_frames()["metadata"]
-    frame.index = table.index
+    frame.index = table.samples
     if out is not None:
         frame.to_csv(out)
     fields = [
@@ -287,7 +268,7 @@ def predict_metadata_cmd(
         "sample_type",
     ]
     typer.echo(frame[[f for f in fields if f in frame]].to_string())
-    typer.echo(f"{int(keep.sum()):,} of {len(table.columns):,} columns mapped onto the gene space")
+    typer.echo(f"{table.mapped:,} of {table.gene_names:,} gene names mapped onto the gene space")
 
 
 @app.command("vocab")
@@ -546,6 +527,64 @@ def serve_cmd(
             err=True,
         )
     serve(config)
+
+
+@app.command("ui")
+def ui_cmd(
+    port: int = typer.Option(0, help="TCP port on 127.0.0.1 (0: a free one)"),
+    models: Path = typer.Option(
+        None, "--models", help="model bundles folder (default: OPENGEM_MODELS or the shipped ones)"
+    ),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="where queries and results go (default: a temporary folder)"
+    ),
+    workers: int = typer.Option(1, help="worker processes that run queries"),
+    open_browser: bool = typer.Option(
+        True, "--open/--no-open", help="open the page in the default browser"
+    ),
+) -> None:
+    """Open the web page on the local models: loopback only, no API keys."""
+    import socket
+    import tempfile
+    import threading
+    import urllib.request
+    import webbrowser
+
+    from opengem.server.app import serve
+    from opengem.server.config import ServerConfig
+
+    if port == 0:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+    url = f"http://127.0.0.1:{port}/"
+
+    def open_when_ready() -> None:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        webbrowser.open(url)
+
+    with tempfile.TemporaryDirectory(prefix="opengem-ui-") as tmp:
+        try:
+            config = ServerConfig(
+                data_dir=data_dir or Path(tmp),
+                models_dir=models,
+                host="127.0.0.1",
+                port=port,
+                workers=workers,
+                auth=False,
+                log_level="warning",
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+        typer.echo(f"opengem web page: {url}  (Ctrl-C to stop)", err=True)
+        if open_browser:
+            threading.Thread(target=open_when_ready, daemon=True).start()
+        serve(config)
 
 
 keys_app = typer.Typer(help="API keys of a server (stored hashed in its data folder).")

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import orjson
@@ -230,6 +231,32 @@ class ServerState:
         return sum(1 for w in self.store.workers() if w.heartbeat_at >= stale)
 
 
+def signed_result(
+    state: ServerState, query_id: str, expires: str | None, signature: str | None
+) -> tuple[Job, FilePath]:
+    """The job and result file (gzip JSON) a signed download URL names: 403 for a bad or
+    expired signature, 404 when there is no such result."""
+    try:
+        expiry = int(expires or "")
+    except ValueError:
+        raise HTTPException(403, "invalid download URL (bad or missing expiry)") from None
+    verdict = state.signer.verify(query_id, expiry, signature or "")
+    if verdict is Verdict.BAD:
+        raise HTTPException(403, "invalid download URL signature")
+    if verdict is Verdict.EXPIRED:
+        raise HTTPException(
+            403,
+            f"this download URL expired at {_iso(expiry)}; ask the status endpoint for a fresh one",
+        )
+    job = state.store.get(query_id)
+    if job is None or job.status != READY or job.kind != "json" or not job.result_path:
+        raise HTTPException(404, f"no result for model query {query_id!r}")
+    path = state.files.path(job.result_path)
+    if not path.is_file():
+        raise HTTPException(404, f"the result of model query {query_id!r} was deleted")
+    return job, path
+
+
 _bearer = HTTPBearer(auto_error=False, description="an API key from `opengem keys create`")
 
 
@@ -295,6 +322,9 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
     )
     app.state.opengem = state
     _mount_docs(app)
+    from opengem.server.ui import mount_ui  # the web page at / (server/ui.py)
+
+    mount_ui(app)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s
     )
@@ -541,25 +571,7 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
     ) -> Response:
         """The result JSON of a ready query: the ``downloadUrl`` of its status (signed,
         expiring; no API key needed). Gzip-encoded when the client accepts it."""
-        try:
-            expiry = int(expires or "")
-        except ValueError:
-            raise HTTPException(403, "invalid download URL (bad or missing expiry)") from None
-        verdict = state.signer.verify(query_id, expiry, signature or "")
-        if verdict is Verdict.BAD:
-            raise HTTPException(403, "invalid download URL signature")
-        if verdict is Verdict.EXPIRED:
-            raise HTTPException(
-                403,
-                f"this download URL expired at {_iso(expiry)}; ask the status endpoint "
-                "for a fresh one",
-            )
-        job = state.store.get(query_id)
-        if job is None or job.status != READY or job.kind != "json" or not job.result_path:
-            raise HTTPException(404, f"no result for model query {query_id!r}")
-        path = state.files.path(job.result_path)
-        if not path.is_file():
-            raise HTTPException(404, f"the result of model query {query_id!r} was deleted")
+        _, path = signed_result(state, query_id, expires, signature)
         headers = {"Vary": "Accept-Encoding", "Cache-Control": "private, max-age=3600"}
         if "gzip" in request.headers.get("accept-encoding", "").lower():
             return _BigFileResponse(
