@@ -30,6 +30,7 @@ seed gives byte-identical results in any process; no seed, fresh randomness.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,6 @@ from opengem.model.perturbations import SEP
 from opengem.ontology.describe import term_label
 from opengem.ontology.genes import GeneSpace, default_gene_space
 
-CHUNK = 512
 #: ontology fields that also get a ``*_label`` key in result metadata
 LABELLED = {
     "tissue_ontology_id": "tissue_label",
@@ -64,36 +64,185 @@ LABELLED = {
 MODALITY_WORD = {"bulk": "bulk", "sc": "single-cell"}
 
 
-def round_preserving_total(mu: np.ndarray) -> np.ndarray:
+#: rows per elementwise step of decoding (a few MB: the step's buffers stay in cache);
+#: every step works row by row, so its size never changes a result
+ROWS = 64
+#: buckets of the fractional parts in :func:`round_preserving_total` (a power of two,
+#: so that ``floor(frac * 256)`` is exact and monotone in ``frac``)
+_BUCKETS = 256
+
+
+def _add_largest(frac: np.ndarray, d: np.ndarray, counts: np.ndarray) -> None:
+    """Add 1 to the ``d[i]`` largest fractions of each row ``i`` of ``counts``, in place.
+
+    Vectorised over rows: each fraction's bucket (``floor(frac * 256)``, uint8) is
+    sorted per row (a radix sort) to find the bucket holding the row's ``d``-th
+    largest; everything above it is taken, and the largest fractions of that bucket
+    make up the rest. When the last fraction taken equals the next one the top ``d``
+    are not unique by value: such a row takes ``np.argpartition``'s choice, the rule
+    every row followed before, so results are unchanged.
+    """
+    r, n = frac.shape
+    key = np.multiply(frac, _BUCKETS, out=np.empty(frac.shape, np.uint8), casting="unsafe")
+    rows = np.arange(r)
+    has = d > 0
+    kth = n - np.maximum(d, 1)
+    tb = np.where(has, np.sort(key, axis=1, kind="stable")[rows, kth], _BUCKETS)
+    tb16 = tb.astype(np.uint16)[:, None]
+    above = np.greater(key, tb16)
+    need = d - above.view(np.uint8).sum(axis=1, dtype=np.int64)
+    tie = np.flatnonzero(np.equal(key, tb16).reshape(-1))
+    tie_row = tie // n
+    tie_val = frac.reshape(-1)[tie]
+    order = np.lexsort((-tie_val, tie_row))
+    tie, tie_row, tie_val = tie[order], tie_row[order], tie_val[order]
+    rank = np.arange(len(tie)) - np.searchsorted(tie_row, rows)[tie_row]
+    take = rank < need[tie_row]
+    last = np.flatnonzero(take & (rank == need[tie_row] - 1))
+    last = last[last + 1 < len(tie)]
+    nxt = last + 1
+    ambiguous = np.zeros(r, dtype=bool)
+    same = (tie_row[nxt] == tie_row[last]) & (tie_val[nxt] == tie_val[last])
+    ambiguous[tie_row[last][same]] = True
+    if ambiguous.any():
+        above[ambiguous] = False
+        take &= ~ambiguous[tie_row]
+    counts += above
+    counts.reshape(-1)[tie[take]] += 1
+    for i in np.flatnonzero(ambiguous):
+        k = n - int(d[i])
+        counts[i, np.argpartition(frac[i], k)[k:]] += 1
+
+
+def round_preserving_total(
+    mu: np.ndarray,
+    out: np.ndarray | None = None,
+    *,
+    overwrite: bool = False,
+    scratch: np.ndarray | None = None,
+) -> np.ndarray:
     """Integer counts from expected counts, each row summing exactly to its (rounded) total.
 
     Plain rounding of a single cell's ~20,000 expected counts, most below 0.5, would
     lose most of its library; largest-remainder rounding keeps every row's total.
+    Deep rows (bulk) whose rounded counts already sum within 0.1% of their total keep
+    plain rounding.
+
+    ``out`` (int64, C-contiguous) receives the counts; ``overwrite=True`` lets the
+    function use ``mu`` as scratch; ``scratch`` is a float64 buffer of at least
+    ``mu``'s shape. Vectorised: no Python loop over rows (but see :func:`_add_largest`).
     """
-    counts = np.rint(mu).astype(np.int64)
+    mu = np.asarray(mu, dtype=np.float64)
+    if not overwrite or not mu.flags.c_contiguous:
+        mu = np.array(mu, dtype=np.float64, order="C")
+    r, n = mu.shape
+    counts = np.empty((r, n), dtype=np.int64) if out is None else out
+    f = np.empty_like(mu) if scratch is None else scratch[:r]
     totals = np.rint(mu.sum(axis=1)).astype(np.int64)
-    # deep libraries (bulk) round within 0.1%: only shallow rows need the exact method
-    off = np.abs(counts.sum(axis=1) - totals) > 1e-3 * np.maximum(totals, 1)
-    n = mu.shape[1]
-    for i in np.flatnonzero(off):
-        floor = np.floor(mu[i])
-        frac = mu[i] - floor
-        row = floor.astype(np.int64)
-        d = int(min(max(totals[i] - row.sum(), 0), n))
-        if d:
-            row[np.argpartition(frac, n - d)[n - d :]] += 1
-        counts[i] = row
+    np.rint(mu, out=f)
+    near = f.sum(axis=1).astype(np.int64)  # exact: integers, well below 2**53
+    off = np.abs(near - totals) > 1e-3 * np.maximum(totals, 1)
+    if not off.any():
+        np.copyto(counts, f, casting="unsafe")
+        return counts
+    if off.all():
+        sub, fl, rows, tot = mu, f, counts, totals
+    else:
+        counts[~off] = f[~off]
+        sub = mu[off]
+        fl, rows, tot = np.empty_like(sub), np.empty(sub.shape, dtype=np.int64), totals[off]
+    np.floor(sub, out=fl)
+    np.copyto(rows, fl, casting="unsafe")
+    d = np.clip(tot - rows.sum(axis=1), 0, n)
+    frac = np.subtract(sub, fl, out=sub)
+    _add_largest(frac, d, rows)
+    if rows is not counts:
+        counts[off] = rows
     return counts
+
+
+@dataclass(frozen=True)
+class Draw:
+    """How a sampling strategy turns expected counts into counts."""
+
+    #: ``(mu, rng, out)``: counts of expected counts ``mu`` (which it may overwrite)
+    #: into the int64 rows ``out``, with float64 ``scratch`` rows as large as ``mu``
+    fill: Callable[[np.ndarray, np.random.Generator, np.ndarray, np.ndarray], None]
+    #: it draws from the generator: every row must exist before the first draw, so that
+    #: the stream of draws stays what it was (latents and noise first, then counts)
+    random: bool
+
+
+def _poisson(mu: np.ndarray, rng: np.random.Generator, out: np.ndarray, _: np.ndarray) -> None:
+    out[...] = rng.poisson(mu)
+
+
+def _rounded(mu: np.ndarray, _: np.random.Generator, out: np.ndarray, scratch: np.ndarray) -> None:
+    round_preserving_total(mu, out, overwrite=True, scratch=scratch)
 
 
 #: how each sampling strategy (:data:`opengem.contract.query.STRATEGIES`) turns expected
 #: counts into counts
-DRAWS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
-    "sample generation": lambda mu, rng: rng.poisson(mu),
-    "mean estimation": lambda mu, rng: round_preserving_total(mu),
+DRAWS: dict[str, Draw] = {
+    "sample generation": Draw(_poisson, random=True),
+    "mean estimation": Draw(_rounded, random=False),
 }
 if set(DRAWS) != set(STRATEGIES):  # a strategy added to the contract needs its draw here
     raise ImportError(f"sampling strategies without a draw: {set(STRATEGIES) ^ set(DRAWS)}")
+
+#: ``fill(a, b, dst)``: rows ``a:b`` of one input's log expression into ``dst``
+RowFill = Callable[[int, int, np.ndarray], None]
+
+
+class CountSink:
+    """Counts of a query's rows, built once in their returned dtype (int64).
+
+    Inputs are added in order, each as a row-filling function; a strategy that draws
+    no randomness decodes each input's rows in small steps straight into the result
+    (no full-size float temporaries); one that draws keeps every row's log expression
+    in the result's own memory (viewed as float64) and draws after the last input, as
+    the stream of draws requires.
+    """
+
+    def __init__(self, n_rows: int, n_genes: int, strategy: str, rng: np.random.Generator):
+        draw = DRAWS.get(strategy)
+        if draw is None:
+            raise ValueError(f"sampling strategy {strategy!r}: expected one of {sorted(DRAWS)}")
+        self.draw, self.rng = draw, rng
+        self.counts = np.empty((n_rows, n_genes), dtype=np.int64)
+        self.library = np.empty(n_rows, dtype=np.float64)
+        self._y = self.counts.view(np.float64) if draw.random else None
+        self._step = np.empty((min(ROWS, max(n_rows, 1)), n_genes))
+        self._scratch = np.empty_like(self._step)
+        self._next = 0
+
+    def add(self, n: int, library: float | np.ndarray, fill: RowFill) -> None:
+        start = self._next
+        self._next += n
+        self.library[start : start + n] = library
+        for a in range(0, n, ROWS):
+            b = min(n, a + ROWS)
+            if self._y is not None:
+                fill(a, b, self._y[start + a : start + b])
+            else:
+                step = self._step[: b - a]
+                fill(a, b, step)
+                self._decode(step, start + a, start + b)
+
+    def _decode(self, y: np.ndarray, a: int, b: int) -> None:
+        step = self._step[: b - a]
+        GEMModel.expected_counts(y, self.library[a:b], out=step)
+        self.draw.fill(step, self.rng, self.counts[a:b], self._scratch)
+
+    def finish(self) -> np.ndarray:
+        if self._next != len(self.counts):
+            raise RuntimeError(f"{self._next} of {len(self.counts)} rows added")
+        if self._y is not None:
+            for a in range(0, len(self.counts), ROWS):
+                b = min(len(self.counts), a + ROWS)
+                self._decode(self._y[a:b], a, b)
+            self._y = None
+        return self.counts
 
 
 def output_metadata(
@@ -115,6 +264,50 @@ def output_metadata(
     out["perturbation_seen"] = record.get("perturbation_seen", "")
     out["modality"] = MODALITY_WORD.get(modality, modality)
     return out
+
+
+class _Buffers:
+    """Reusable (rows, genes) float64 buffers of one query, by name."""
+
+    def __init__(self, n_genes: int) -> None:
+        self.n_genes = n_genes
+        self._held: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, n: int) -> np.ndarray:
+        held = self._held.get(name)
+        if held is None or len(held) < n:
+            held = self._held[name] = np.empty((n, self.n_genes))
+        return held[:n]
+
+
+def _conditioned_rows(
+    start: np.ndarray,
+    tech: np.ndarray | None,
+    bio0: np.ndarray | None,
+    bio: np.ndarray | None,
+    effect: np.ndarray,
+    mask: np.ndarray,
+) -> RowFill:
+    """Rows of a conditioned input: ``start`` (the reference, less its technical
+    projection when that is redrawn) ``+ tech``, ``- bio0 + bio``, ``+ effect``; genes
+    outside ``mask`` 0 (a reference read as a gene panel is re-generated on its panel:
+    its library stays on the genes it measured, as in the reference)."""
+    off_panel = None if mask.all() else ~mask[None, :]
+
+    def fill(a: int, b: int, dst: np.ndarray) -> None:
+        if tech is not None:
+            np.add(start, tech[a:b], out=dst)
+        else:
+            dst[...] = start
+        if bio is not None:
+            assert bio0 is not None
+            dst -= bio0
+            dst += bio[a:b]
+        dst += effect[None, :]
+        if off_panel is not None:
+            np.copyto(dst, 0.0, where=off_panel)
+
+    return fill
 
 
 class Predictor:
@@ -176,15 +369,14 @@ class Predictor:
     def _counts(
         self, y: np.ndarray, library: np.ndarray, strategy: str, rng: np.random.Generator
     ) -> np.ndarray:
-        draw = DRAWS.get(strategy)
-        if draw is None:
-            raise ValueError(f"sampling strategy {strategy!r}: expected one of {sorted(DRAWS)}")
-        out = np.empty(y.shape, dtype=np.int64)
-        for start in range(0, len(y), CHUNK):
-            stop = min(len(y), start + CHUNK)
-            mu = self.model.expected_counts(y[start:stop], library[start:stop])
-            out[start:stop] = draw(mu, rng)
-        return out
+        """Counts of materialised log-expression rows ``y`` (small queries)."""
+        sink = CountSink(len(y), y.shape[1], strategy, rng)
+
+        def rows(a: int, b: int, dst: np.ndarray) -> None:
+            dst[...] = y[a:b]
+
+        sink.add(len(y), library, rows)
+        return sink.finish()
 
     def _pert_latent(self, effects: np.ndarray) -> np.ndarray:
         basis = self.model.w_pert
@@ -215,24 +407,33 @@ class Predictor:
         records = [dict(i.metadata) for i in query.inputs]
         base = m.prior_mean(records)
         full = np.ones(m.n_genes, dtype=bool)
-        parts_y, parts_b, parts_t, parts_p, rows = [], [], [], [], []
-        sampling = query.sampling_strategy == "sample generation"
+        parts_b: list[np.ndarray] = []
+        parts_t: list[np.ndarray] = []
+        parts_p: list[np.ndarray] = []
+        rows: list[dict[str, str]] = []
+        noisy = query.sampling_strategy == "sample generation" and not query.deterministic_latents
+        sink = CountSink(
+            sum(i.num_samples for i in query.inputs), m.n_genes, query.sampling_strategy, rng
+        )
+        buffers = _Buffers(m.n_genes)
+        library = float(query.total_count)
         for k, (item, record) in enumerate(zip(query.inputs, records, strict=True)):
             n = item.num_samples
             effect, seen = self._effect(record, base[k], full)
             record["perturbation_seen"] = seen
             zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
-            y = base[k][None, :] + effect[None, :] + zb @ m.w_bio + zt @ m.w_tech
-            if sampling and not query.deterministic_latents:
-                y = y + rng.standard_normal(y.shape) * m.noise_sd[None, :]
-            parts_y.append(y)
+            # y = base + effect + zb W_bio + zt W_tech (+ noise_sd * N(0, 1) when sampling),
+            # the products as whole-input matrix products (their bits depend on the shape)
+            # and the sums in this order, row block by row block
+            mean = base[k][None, :] + effect[None, :]
+            bio = np.matmul(zb, m.w_bio, out=buffers.get("bio", n))
+            tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
+            sink.add(n, library, self._baseline_rows(mean, bio, tech, noisy, rng))
             parts_b.append(zb)
             parts_t.append(zt)
             parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
             rows += [record] * n
-        y_all = np.concatenate(parts_y)
-        library = np.full(len(rows), float(query.total_count))
-        counts = self._counts(y_all, library, query.sampling_strategy, rng)
+        counts = sink.finish()
         return ExpressionResult(
             counts,
             self._metadata(rows),
@@ -241,6 +442,28 @@ class Predictor:
             self.bundle.model_version,
             "baseline",
         )
+
+    def _baseline_rows(
+        self,
+        mean: np.ndarray,
+        bio: np.ndarray,
+        tech: np.ndarray,
+        noisy: bool,
+        rng: np.random.Generator,
+    ) -> RowFill:
+        noise_sd = self.model.noise_sd[None, :]
+        buffer = np.empty((min(ROWS, len(bio)), bio.shape[1])) if noisy else None
+
+        def fill(a: int, b: int, dst: np.ndarray) -> None:
+            np.add(mean, bio[a:b], out=dst)
+            dst += tech[a:b]
+            if buffer is not None:  # the input's noise, row block by row block: same stream
+                noise = buffer[: b - a]
+                rng.standard_normal(out=noise)
+                noise *= noise_sd
+                dst += noise
+
+        return fill
 
     @staticmethod
     def _latents(
@@ -301,9 +524,16 @@ class Predictor:
     ) -> ExpressionResult:
         m = self.model
         conditioned = set(query.conditioning)
-        parts_y, parts_b, parts_t, parts_p, rows, libraries = [], [], [], [], [], []
+        parts_b: list[np.ndarray] = []
+        parts_t: list[np.ndarray] = []
+        parts_p: list[np.ndarray] = []
+        rows: list[dict[str, str]] = []
         full = np.ones(m.n_genes, dtype=bool)
         items: Sequence[ReferenceInput | SampleIdsInput] = query.inputs
+        sink = CountSink(
+            sum(i.num_samples for i in items), m.n_genes, query.sampling_strategy, rng
+        )
+        buffers = _Buffers(m.n_genes)
         for item, (counts, stored) in zip(items, refs, strict=True):
             record = dict(item.metadata)
             record.setdefault("perturbation_type", "control")
@@ -319,29 +549,29 @@ class Predictor:
             zt0 = m.project(resid, m.w_tech)
             zb0 = m.project(resid - zt0 @ m.w_tech, m.w_bio)
             zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
-            y = np.repeat(y0[None, :], n, axis=0)
+            # y = y0 [- zt0 W_tech + zt W_tech] [- zb0 W_bio + zb W_bio] + effect, in this
+            # order, the products as whole-input matrix products (as :meth:`_baseline`)
+            start = y0[None, :]
+            tech = bio = bio0 = None
             if "technical" not in conditioned:  # redraw the batch: replace its projection
-                y = y - zt0 @ m.w_tech + zt @ m.w_tech
+                start = start - zt0 @ m.w_tech
+                tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
             else:
                 zt = np.repeat(zt0, n, axis=0)
             if "biological" not in conditioned:
-                y = y - zb0 @ m.w_bio + zb @ m.w_bio
+                bio0 = zb0 @ m.w_bio
+                bio = np.matmul(zb, m.w_bio, out=buffers.get("bio", n))
             else:
                 zb = np.repeat(zb0, n, axis=0)
             effect, seen = self._effect(record, y0, mask, None if counts is None else ref_library)
             record["perturbation_seen"] = seen
-            # a reference read as a gene panel is re-generated on its panel: its library
-            # stays on the genes it measured, as in the reference
-            parts_y.append(np.where(mask[None, :], y + effect[None, :], 0.0))
+            total = float(query.total_count) if query.fixed_total_count else ref_library
+            sink.add(n, total, _conditioned_rows(start, tech, bio0, bio, effect, mask))
             parts_b.append(zb)
             parts_t.append(zt)
             parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
             rows += [record] * n
-            total = float(query.total_count) if query.fixed_total_count else ref_library
-            libraries.append(np.full(n, total))
-        counts_out = self._counts(
-            np.concatenate(parts_y), np.concatenate(libraries), query.sampling_strategy, rng
-        )
+        counts_out = sink.finish()
         return ExpressionResult(
             counts_out,
             self._metadata(rows),

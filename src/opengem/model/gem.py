@@ -227,11 +227,22 @@ class GEMModel:
         return np.log1p(counts / lib * share * 1e6)
 
     @staticmethod
-    def expected_counts(y: np.ndarray, library: np.ndarray) -> np.ndarray:
-        """Expected counts of log-expression rows at the given library sizes."""
-        cpm = np.expm1(np.clip(y, 0.0, 30.0))
-        total = np.maximum(cpm.sum(axis=1, keepdims=True), 1e-12)
-        return cpm / total * np.asarray(library, dtype=np.float64).reshape(-1, 1)
+    def expected_counts(
+        y: np.ndarray, library: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Expected counts of log-expression rows at the given library sizes.
+
+        ``out`` (float64, ``y``'s shape, C-contiguous; may be ``y`` itself) receives the
+        result: every step runs in place there, with the same operations in the same
+        order (so the same bits) as without it.
+        """
+        cpm = np.clip(y, 0.0, 30.0, out=out)
+        np.expm1(cpm, out=cpm)
+        total = cpm.sum(axis=1, keepdims=True)
+        np.maximum(total, 1e-12, out=total)
+        np.divide(cpm, total, out=cpm)
+        cpm *= np.asarray(library, dtype=np.float64).reshape(-1, 1)
+        return cpm
 
     # --------------------------------------------------------------------- prior mean
     def feature_rows(self, records: Sequence[Mapping[str, str]]) -> np.ndarray:
