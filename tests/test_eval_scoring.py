@@ -6,7 +6,13 @@ import math
 
 import numpy as np
 
-from opengem.eval.metrics import between_condition_correlation, magnitude_ratio, replicate_spread
+from opengem.eval.metrics import (
+    between_condition_correlation,
+    magnitude_ratio,
+    pseudobulk,
+    pseudobulk_mean,
+    replicate_spread,
+)
 from opengem.eval.results import UnitResult, fmt, summarise, verdicts
 from opengem.eval.scoring import metadata_field_scores, perturbation_scores
 from opengem.ontology.describe import term_ancestors
@@ -31,6 +37,35 @@ def test_counterfactual_of_a_model_that_ignores_the_perturbation() -> None:
     half = perturbation_scores(refs + true_effect / 2, real, refs, refs, refs)
     assert half["cf_pearson_delta_top100"] > 0.9
     assert abs(half["cf_magnitude_ratio_top100"] - 0.5) < 0.05
+
+
+def _cells(rng: np.random.Generator, cpm: np.ndarray, n: int, reads: int) -> np.ndarray:
+    """log1p(CPM) of ``n`` shallow cells drawn from a population's mean CPM."""
+    counts = rng.poisson(cpm[None, :] / 1e6 * reads, (n, len(cpm))).astype(float)
+    return np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e6)
+
+
+def test_pseudobulk_pools_of_different_sizes_show_no_effect_that_is_not_there() -> None:
+    rng = np.random.default_rng(1)
+    cpm = rng.lognormal(3.0, 1.5, 400)
+    cpm = cpm / cpm.sum() * 1e6
+    pools = 5
+    # 100 perturbed cells against 1,000 controls of the same population (no effect)
+    perturbed = pseudobulk(_cells(rng, cpm, 100, 500), pools)
+    controls = pseudobulk(_cells(rng, cpm, 1000, 500), pools)
+    refs = pseudobulk(_cells(rng, cpm, 100, 500), pools)
+    kw = {"truth_base": controls, "deg_genes": np.arange(400)}
+    # the mean of pool logs: small pools read lower for low genes; a smooth predictor of
+    # the population (the truth here) is "wrong" at every one of them
+    smooth = np.log1p(cpm)[None, :].repeat(pools, 0)
+    naive = perturbation_scores(smooth, perturbed, refs, controls, smooth, **kw)
+    prof = perturbation_scores(
+        smooth, perturbed, refs, controls, smooth, center=pseudobulk_mean, **kw
+    )
+    assert naive["mae_lfc_top100"] > 1.8 * prof["mae_lfc_top100"]
+    true_lfc = pseudobulk_mean(perturbed) - pseudobulk_mean(controls)
+    naive_lfc = perturbed.mean(0) - controls.mean(0)
+    assert np.mean(naive_lfc) < -0.2 < np.mean(true_lfc)  # pool size read as an effect
 
 
 def test_magnitude_diversity_and_spread() -> None:

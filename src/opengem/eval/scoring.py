@@ -26,7 +26,7 @@ are listed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +66,7 @@ def perturbation_scores(
     counterfactual: bool = True,
     truth_base: np.ndarray | None = None,
     deg_genes: np.ndarray | None = None,
+    center: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Metrics of one predictor on one unit (log-CPM over the measured genes).
 
@@ -85,12 +86,28 @@ def perturbation_scores(
     truth_base
         Rows the true effect is measured against (default ``refs``): the context's
         controls when ``real`` holds every perturbed sample, not only the scored ones.
+        Predicted logFCs (not the counterfactual ones) are then measured against them
+        too, so that a few scored references' sampling noise (a gene without a read in
+        100 shallow cells) counts for no predictor.
     deg_genes
         Genes the top DEGs may be chosen from (default: every gene passing the
         log-CPM filter of :func:`~opengem.eval.metrics.top_degs`).
+    center
+        The profile of a set of rows, every logFC being a difference of two profiles
+        (default: the mean of the rows). Pseudobulk pools are profiled as the log of
+        their mean CPM: a mean of their logs is pulled down for genes with few reads
+        per pool, by more for smaller pools, so that perturbed pools of 20 cells
+        against control pools of 200 would show "effects" that are only pool size,
+        and a smooth prediction would differ from its own noisy references.
     """
-    true_lfc = real.mean(axis=0) - (refs if truth_base is None else truth_base).mean(axis=0)
-    pred_lfc = _denoise(pred.mean(axis=0) - refs.mean(axis=0))
+    prof = (lambda x: x.mean(axis=0)) if center is None else center
+    p_pred, p_real = prof(pred), prof(real)
+    p_refs = prof(refs)
+    base = p_refs if truth_base is None else prof(truth_base)
+    true_lfc = p_real - base
+    # against the base of the truth: a predictor is judged by where its output lands,
+    # whether it kept its references' sampling noise, smoothed it or re-drew them
+    pred_lfc = _denoise(p_pred - base)
     top100 = m.top_degs(controls, real, 100, genes=deg_genes)
     top20 = top100[:20]
     expressed = (controls.mean(axis=0) > 1.0) | (real.mean(axis=0) > 1.0)
@@ -99,8 +116,8 @@ def perturbation_scores(
         "pearson_delta_top100": m.pearson_delta(pred_lfc, true_lfc, top100),
         "pearson_delta_expressed": m.pearson_delta(pred_lfc, true_lfc, expressed),
         "direction_accuracy_top100": m.direction_accuracy(pred_lfc, true_lfc, top100),
-        "r2_all": m.r2_of_means(pred.mean(axis=0), real.mean(axis=0)),
-        "r2_top100": m.r2_of_means(pred.mean(axis=0), real.mean(axis=0), top100),
+        "r2_all": m.r2_of_means(p_pred, p_real),
+        "r2_top100": m.r2_of_means(p_pred, p_real, top100),
         "mae_lfc_top100": float(np.mean(np.abs(pred_lfc[top100] - true_lfc[top100])))
         if len(top100)
         else float("nan"),
@@ -110,8 +127,7 @@ def perturbation_scores(
             np.mean([m.on_target_error(pred_lfc, true_lfc, t) for t in targets])
         )
     if counterfactual:
-        base = refs if none is None else none
-        effect = _denoise(pred.mean(axis=0) - base.mean(axis=0))
+        effect = _denoise(p_pred - (p_refs if none is None else prof(none)))
         out |= {
             "cf_pearson_delta_top20": m.pearson_delta(effect, true_lfc, top20),
             "cf_pearson_delta_top100": m.pearson_delta(effect, true_lfc, top100),

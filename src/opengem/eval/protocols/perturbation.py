@@ -199,7 +199,10 @@ def score_perturbation_units(
             ctrls = view.lcpm(u.controls, u.study)
             truth_base = None
         targets = target_genes(u.cell.perturbation, genes)
-        scores = partial(perturbation_scores, truth_base=truth_base, deg_genes=deg_genes)
+        prof = view.mean_of if view.pooled else None
+        scores = partial(
+            perturbation_scores, truth_base=truth_base, deg_genes=deg_genes, center=prof
+        )
         error = None
         pred: np.ndarray | None
         none: np.ndarray | None
@@ -254,21 +257,24 @@ def score_perturbation_units(
         )
         results.append(result)
         top = top_degs(ctrls, real, 100, genes=deg_genes)
-        ref_mean = refs.mean(0)
-        base_mean = (refs if truth_base is None else truth_base).mean(0)
-        pred_lfc = {n: (p.mean(0) - ref_mean)[top] for n, p in preds.items() if n != "no_change"}
+        profile = view.mean_of
+        ref_mean = profile(refs)
+        base_mean = profile(refs if truth_base is None else truth_base)
+        pred_lfc = {
+            n: (profile(p) - ref_mean)[top] for n, p in preds.items() if n != "no_change"
+        }
         if pred is not None and none is not None:
-            pred_lfc = {"model": (pred.mean(0) - none.mean(0))[top], **pred_lfc}
+            pred_lfc = {"model": (profile(pred) - profile(none))[top], **pred_lfc}
         figures.append(
             {
                 "name": u.name,
-                "true_lfc": (real.mean(0) - base_mean)[top],
+                "true_lfc": (profile(real) - base_mean)[top],
                 "pred_lfc": pred_lfc,
                 "real": {"control": ctrls, "perturbed": real},
                 "generated": {} if pred is None else {"perturbed": pred},
-                "real_mean": real.mean(0),
-                "gen_mean": {n: p.mean(0) for n, p in preds.items() if n != "no_change"}
-                | ({} if pred is None else {"model": pred.mean(0)}),
+                "real_mean": profile(real),
+                "gen_mean": {n: profile(p) for n, p in preds.items() if n != "no_change"}
+                | ({} if pred is None else {"model": profile(pred)}),
             }
         )
         best = max(
