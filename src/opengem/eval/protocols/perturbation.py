@@ -258,11 +258,8 @@ def score_perturbation_units(
         results.append(result)
         top = top_degs(ctrls, real, 100, genes=deg_genes)
         profile = view.mean_of
-        ref_mean = profile(refs)
-        base_mean = profile(refs if truth_base is None else truth_base)
-        pred_lfc = {
-            n: (profile(p) - ref_mean)[top] for n, p in preds.items() if n != "no_change"
-        }
+        base_mean = profile(refs if truth_base is None else truth_base)  # as scored
+        pred_lfc = {n: (profile(p) - base_mean)[top] for n, p in preds.items() if n != "no_change"}
         if pred is not None and none is not None:
             pred_lfc = {"model": (profile(pred) - profile(none))[top], **pred_lfc}
         figures.append(
