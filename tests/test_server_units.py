@@ -224,6 +224,26 @@ def test_result_json_reads_back_exactly() -> None:
     assert_frames_equal(frames, meta.to_frames())
 
 
+def test_result_json_takes_arrays_of_any_layout() -> None:
+    """A metadata prediction of several samples has column-sliced latents: the JSON path
+    (orjson encodes C-contiguous arrays only) must take them."""
+    meta = metadata_result(3)
+    meta.latents = {g: np.asfortranarray(v) for g, v in meta.latents.items()}
+    meta.decoder_counts = np.asfortranarray(meta.decoder_counts)
+    assert not meta.latents["biological"].flags["C_CONTIGUOUS"]
+    payload = orjson.loads(result_json_bytes(meta))
+    assert (
+        payload["outputs"][2]["latents"]["biological"]
+        == meta.latents["biological"][2].astype(np.float64).tolist()
+    )
+    assert payload["outputs"][1]["decoder_sample"]["counts"] == meta.decoder_counts[1].tolist()
+    result = expression_result()
+    result.counts = np.asfortranarray(result.counts)
+    assert (
+        orjson.loads(result_json_bytes(result))["outputs"][0]["counts"] == result.counts[0].tolist()
+    )
+
+
 def test_result_files_are_written_atomically(tmp_path: Path) -> None:
     files = ResultFiles(tmp_path)
     name = files.write("q1", "json", expression_result())

@@ -211,10 +211,16 @@ class Page:
 
     def run(self) -> None:
         self.one("#run").click()
-        self.wait(
-            lambda: "ready" in (self.one("#run-status").get_attribute("class") or ""),
+        outcome = self.wait(
+            lambda: (
+                self.one("#run-status").get_attribute("class") in ("ready", "failed")
+                and self.one("#run-status").get_attribute("class")
+            ),
             "the result",
             timeout=60,
+        )
+        assert outcome == "ready", (
+            f"{self.text('#run-status')}: {self.text('#p-general')} {self.text('.problem')}"
         )
 
     def no_horizontal_overflow(self) -> None:
@@ -291,8 +297,12 @@ def test_baseline_two_conditions_pca_and_h5ad(
     page.no_horizontal_overflow()
     page.shot("baseline-pca")
 
-    # the preview: samples × top genes
-    page.one("#tab-preview").click()
+    # the preview (samples × top genes), reached from the tabs by keyboard
+    from selenium.webdriver.common.keys import Keys
+
+    page.one("#tab-pca").send_keys(Keys.ARROW_RIGHT)
+    page.wait(lambda: page.one("#tab-preview").get_attribute("aria-selected") == "true", "tab")
+    assert page.d.switch_to.active_element == page.one("#tab-preview")
     rows = page.all("#preview-table tbody tr")
     assert len(rows) == 5 and len(page.all("#preview-table thead th")) == 3 + 20
 
@@ -400,3 +410,40 @@ def test_a_422_problem_is_shown_next_to_its_field(
     assert page.text("#p-general") == ""  # nothing fell through to the general box
     page.no_horizontal_overflow()
     page.shot("validation-problem")
+
+
+def test_predict_metadata_from_an_uploaded_table(
+    page: Page, server: tuple[ServerProcess, str], tmp_path: Path
+) -> None:
+    model_id = "gem-1-bulk_predict-metadata"
+    reference = np.asarray(get_example_query(model_id)["example_query"]["inputs"][0]["counts"])
+    genes = default_gene_space()
+    keep = np.flatnonzero(reference)
+    # samples × genes, named by Ensembl id, tab-separated
+    header = "sample\t" + "\t".join(genes.gene_ids[i] for i in keep)
+    rows = [
+        f"{name}\t" + "\t".join(str(reference[i] // d) for i in keep)
+        for name, d in (("deep", 1), ("shallow", 4))
+    ]
+    upload = tmp_path / "samples.tsv"
+    upload.write_text("\n".join([header, *rows]) + "\n")
+
+    page.open(server[1], model_id)
+    page.one("input[name=ref-source][value=upload]").click()
+    page.one("#ref-file").send_keys(str(upload))
+    page.wait(lambda: "2 sample(s)" in page.text("#ref-status"), "the upload")
+    page.run()
+    bars = page.wait(lambda: page.all("#probs-bars .bars"), "the class probabilities")
+    fields = [b.get_attribute("data-field") for b in bars]
+    assert {"tissue_ontology_id", "sex", "sample_type"} <= set(fields)
+    sex = page.all(".bar-row .p", bars[fields.index("sex")])
+    shares = [float(p.text.rstrip("%")) for p in sex]
+    assert shares == sorted(shares, reverse=True) and abs(sum(shares) - 100) < 0.5
+    from selenium.webdriver.support.ui import Select
+
+    choose = Select(page.one("#probs-sample"))
+    assert [o.text for o in choose.options] == ["deep", "shallow"]
+    choose.select_by_visible_text("shallow")
+    assert "2 sample(s)" in page.text("#run-status")
+    page.no_horizontal_overflow()
+    page.shot("predict-metadata")

@@ -173,11 +173,16 @@ def write_arrow_stream(table: Any, sink: Any) -> None:
 # ---------------------------------------------------------------------- JSON
 def result_json_bytes(result: Any) -> bytes:
     """The result JSON (compat-spec §4), latents as float64 so every float reads back
-    exactly as the embedded API returns it."""
-    exact = dataclasses.replace(
-        result, latents={g: v.astype(np.float64) for g, v in result.latents.items()}
-    )
-    return exact.to_json_bytes()
+    exactly as the embedded API returns it. Arrays are made C-contiguous first: orjson
+    encodes no other layout (a metadata prediction of several samples has latents
+    sliced column-wise)."""
+    changes: dict[str, Any] = {
+        "latents": {g: np.ascontiguousarray(v, dtype=np.float64) for g, v in result.latents.items()}
+    }
+    for name in ("counts", "decoder_counts"):
+        if hasattr(result, name):
+            changes[name] = np.ascontiguousarray(getattr(result, name))
+    return bytes(dataclasses.replace(result, **changes).to_json_bytes())
 
 
 # ---------------------------------------------------------------- files

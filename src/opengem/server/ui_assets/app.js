@@ -311,7 +311,10 @@
         grid.append(w.root);
       }
       const open = group !== "technical" || filled;
-      card.append(el("details", { class: "group", open }, el("summary", { text: GROUP_TITLES[group] }), grid));
+      const note = group === "perturbation"
+        ? el("p", { class: "hint-line", text: "Several perturbations at once: separate ids (and types) with |, e.g. ENSG…|ENSG…" })
+        : null;
+      card.append(el("details", { class: "group", open }, el("summary", { text: GROUP_TITLES[group] }), grid, note));
     }
     card._problem = cardProblem;
     $("#conditions").append(card);
