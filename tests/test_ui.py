@@ -55,6 +55,8 @@ def test_counts_table_either_orientation_ids_or_symbols() -> None:
     assert flipped.counts.tolist() == [[1, 2, 0, 0], [3, 1, 0, 0]]
     zipped = read_counts_table(gzip.compress(by_rows), "x.csv.gz", GENES)
     assert np.array_equal(zipped.counts, table.counts)
+    latin = read_counts_table("gène,s1\nAAA,1\n".encode("latin-1"), "x.csv", GENES)
+    assert latin.counts.tolist() == [[1, 0, 0, 0]]
     # two names of one gene add up
     twice = read_counts_table(b"g,s\nBBB,2\nENSG00000000002,3\n", "t.csv", GENES)
     assert twice.counts.tolist() == [[0, 5, 0, 0]]
@@ -83,6 +85,10 @@ def test_counts_table_h5ad(tmp_path: Path) -> None:
         (b"g,s1\nAAA,-3\n", "-3 is negative"),
         (b"g,s1,s2,s3\nAAA,1,2,3\n", "holds 3 samples; at most 2"),
         (b"\x1f\x8bnot gzip", "not a readable gzip file"),
+        (b"g,s1\nAAA,1e30\n", "1e+30 is beyond 2^40"),
+        (b"g,s1\nAAA,nan\n", "is not a number"),
+        (b"g,AAA,BBB\n", "gene names but no samples"),
+        (b"\x89HDF\r\n\x1a\nbroken", "not a readable h5ad file"),
     ],
 )
 def test_counts_table_refusals_say_why(data: bytes, words: str) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from opengem.contract.validate import MAX_COUNT
 from opengem.ontology.genes import GeneSpace, default_gene_space
 
 #: suffixes read as tab-separated (anything else: the first line decides)
@@ -87,9 +88,13 @@ def _read_h5ad(name: str, data: bytes) -> pd.DataFrame:
 def _read_text(name: str, data: bytes) -> pd.DataFrame:
     first = data[:4096].split(b"\n", 1)[0]
     tab = name.lower().endswith(_TAB_SUFFIXES) or (b"\t" in first and b"," not in first)
+    sep = "\t" if tab else ","
     try:
-        frame = pd.read_csv(io.BytesIO(data), sep="\t" if tab else ",", index_col=0)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        try:
+            frame = pd.read_csv(io.BytesIO(data), sep=sep, index_col=0)
+        except UnicodeDecodeError:  # spreadsheets still save Latin-1
+            frame = pd.read_csv(io.BytesIO(data), sep=sep, index_col=0, encoding="latin-1")
+    except (ValueError, pd.errors.ParserError) as exc:
         raise CountsTableError(
             f"{name}: not a readable {'TSV' if tab else 'CSV'} table ({exc}); expected {FORMATS}"
         ) from None
@@ -154,7 +159,16 @@ def read_counts_table(
             f"{name}: sample {frame.index[row]!r}, gene {gene!r}: {values[row, col]:g} is "
             "negative; counts are 0 or more"
         )
+    if (values > MAX_COUNT).any():
+        row, col = (int(v[0]) for v in np.nonzero(values > MAX_COUNT))
+        gene = frame.columns[np.flatnonzero(keep)[col]]
+        raise CountsTableError(
+            f"{name}: sample {frame.index[row]!r}, gene {gene!r}: {values[row, col]:g} is "
+            f"beyond 2^40, more than any sequencing run counts"
+        )
     n = values.shape[0]
+    if n == 0:
+        raise CountsTableError(f"{name}: the table has gene names but no samples")
     if max_samples is not None and n > max_samples:
         raise CountsTableError(
             f"{name}: holds {n:,} samples; at most {max_samples:,} can be read at once"
