@@ -508,6 +508,7 @@
   async function selectModel(id) {
     S.model = S.config.models.find((m) => m.model_id === id) || S.config.models[0];
     $("#model").value = S.model.model_id;
+    history.replaceState(null, "", `?model=${encodeURIComponent(S.model.model_id)}`);  // bookmarkable
     $("#model-desc").textContent = S.model.description;
     $("#model-desc").title = S.model.description;
     S.vocab = null; S.example = null; S.prefilled = false;
