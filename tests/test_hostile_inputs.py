@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from opengem.contract import QueryError, validate_query
+from opengem.contract import MODEL_SPECS, QueryError, get_example_query, validate_query
 from opengem.ontology import default_gene_space
 from opengem.server.formats import ARROW_STREAM, non_finite_paths, wants_arrow
 from opengem.server.testing import bundle_available, start_server
@@ -229,13 +229,59 @@ def test_openapi_documents_the_errors_a_client_can_get(tmp_path: Any) -> None:
         "/api/models",
         "/api/models/{model_id}/example-query",
         "/api/models/{model_id}/vocab",
-        "/api/models/{model_id}/predict",
+        "/api/models/gem-1-bulk/predict",
         "/api/model-queries/{query_id}/status",
     ):
         for operation in paths[path].values():
             assert "401" in operation["responses"], path
-    predict = paths["/api/models/{model_id}/predict"]["post"]["responses"]
-    assert {"400", "408", "413", "422", "429"} <= set(predict)
+    for model_id in MODEL_SPECS:
+        predict = paths[f"/api/models/{model_id}/predict"]["post"]["responses"]
+        assert {"400", "401", "408", "413", "422", "429"} <= set(predict), model_id
+
+
+def test_each_model_documents_its_own_query_schema_which_its_example_meets(
+    tmp_path: Any,
+) -> None:
+    import jsonschema_rs
+
+    from opengem.server.app import create_app
+    from opengem.server.config import ServerConfig
+
+    spec = create_app(ServerConfig(data_dir=tmp_path)).openapi()
+    schemas = spec["components"]["schemas"]
+    assert "/api/models/{model_id}/predict" not in spec["paths"]
+
+    def schema_of(model_id: str) -> Any:
+        body = spec["paths"][f"/api/models/{model_id}/predict"]["post"]["requestBody"]
+        content = body["content"]["application/json"]
+        ref = content["schema"]["$ref"].rsplit("/", 1)[-1]
+        return jsonschema_rs.validator_for(schemas[ref]), content["example"]
+
+    validators = {m: schema_of(m) for m in MODEL_SPECS}
+    for model_id, (validator, example) in validators.items():
+        assert validator.is_valid(example), model_id
+        assert example == get_example_query(model_id)["example_query"]
+    # the schemas differ where the models do: each example fails the other tasks' schemas
+    base = validators["gem-1-bulk"][0]
+    assert not base.is_valid(validators["gem-1-bulk_reference-conditioning"][1])  # counts
+    assert not validators["gem-1-bulk_predict-metadata"][0].is_valid(validators["gem-1-bulk"][1])
+    # and agree with the validator on what it refuses
+    example = get_example_query("gem-1-bulk")["example_query"]
+    hostile = [
+        example | {"conditioning": ["biological"]},  # a reference-conditioning key
+        example | {"sampling_strategy": "most likely"},
+        example | {"inputs": [{"metadata": {"colour": "red"}, "num_samples": 1}]},
+        example | {"inputs": [{"metadata": {}, "num_samples": 0}]},
+        example | {"inputs": []},
+    ]
+    for query in hostile:
+        assert not base.is_valid(query), query
+        with pytest.raises(QueryError):
+            validate_query(query, "gem-1-bulk")
+    sc = validators["gem-1-sc"][0]  # single-cell models draw no replicate noise
+    assert not sc.is_valid(
+        get_example_query("gem-1-sc")["example_query"] | {"sampling_strategy": "sample generation"}
+    )
 
 
 def test_json_logs_are_one_object_per_line_with_a_time(tmp_path: Any) -> None:

@@ -383,12 +383,13 @@ def test_openapi_and_docs(api: tuple[TestClient, str, ServerConfig]) -> None:
         "/api/models",
         "/api/models/{model_id}/example-query",
         "/api/models/{model_id}/vocab",
-        "/api/models/{model_id}/predict",
+        "/api/models/gem-1-bulk/predict",
+        "/api/models/gem-1-sc_reference-conditioning/predict",
         "/api/model-queries/{query_id}/status",
         "/api/model-queries/{query_id}/result",
         "/healthz",
     } <= set(spec["paths"])
-    predict = spec["paths"]["/api/models/{model_id}/predict"]["post"]
+    predict = spec["paths"]["/api/models/gem-1-bulk/predict"]["post"]
     assert "application/json" in predict["requestBody"]["content"]
     assert ARROW_STREAM in predict["responses"]["200"]["content"]
     assert client.get("/docs").status_code == 200

@@ -47,6 +47,7 @@ from opengem.contract import (
     list_models,
     parse_model_id,
 )
+from opengem.server import openapi
 from opengem.server.config import ServerConfig
 from opengem.server.formats import ARROW_STREAM, ResultFiles, non_finite_paths, wants_arrow
 from opengem.server.keys import authenticate, charge, fail_and_refund
@@ -66,20 +67,6 @@ from opengem.server.worker import timeout_message
 log = logging.getLogger("opengem.server")
 
 _CHUNK = 1 << 20
-_JSON_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "description": "A query (see GET /api/models/{model_id}/example-query).",
-                "properties": {"inputs": {"type": "array", "items": {"type": "object"}}},
-                "additionalProperties": True,
-            },
-            "example": get_example_query("gem-1-bulk")["example_query"],
-        }
-    },
-}
 
 
 def _error(status: int, description: str) -> dict[int | str, dict[str, Any]]:
@@ -418,7 +405,6 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
     @app.post(
         "/api/models/{model_id}/predict",
         tags=["queries"],
-        openapi_extra={"requestBody": _JSON_BODY},
         responses={
             **_AUTH,
             **_error(400, "The body is not JSON (or holds NaN / Infinity)"),
@@ -587,6 +573,7 @@ def create_app(config: ServerConfig, *, start_workers: bool = True) -> FastAPI:
 
         return StreamingResponse(unzipped(), media_type="application/json", headers=headers)
 
+    openapi.install(app)
     return app
 
 
