@@ -332,3 +332,17 @@ def test_sampling_strategies_are_one_registry() -> None:
             "gem-1-sc",
         )
     assert "supports only 'mean estimation'" in str(err.value)
+
+
+def test_the_problem_cap_reached_inside_a_combination_is_a_422_not_a_crash() -> None:
+    # found by schemathesis: the cap stopped a record half read, and the half record
+    # (no perturbation field collected yet) crashed the combination check
+    metadata: dict[str, Any] = {f"colour_{i}": "red" for i in range(25)}
+    metadata |= {"perturbation_ontology_id": ["CHEMBL25", "CHEMBL25"]}
+    query = {
+        "inputs": [{"counts": [1, 2], "metadata": metadata, "num_samples": 1}],
+        "sampling_strategy": "mean estimation",
+    }
+    with pytest.raises(QueryError) as info:
+        validate_query(query, "gem-1-sc_reference-conditioning")
+    assert "colour_0" in str(info.value)

@@ -279,7 +279,7 @@ class _Checker:
             canonical = self.check_field(where, FIELDS[key], value)
             if canonical is not None:
                 out[key] = canonical
-        if combination:
+        if combination and not self.stop():  # (a stop mid-record leaves it partial)
             out.update(self.check_combination(loc, raw_perturbation))
         else:
             self.check_perturbation(loc, out, type_given=_is_set(metadata.get("perturbation_type")))
