@@ -102,7 +102,9 @@ def floor_rate(model: str, n: int, dtype: str) -> float:
     return n / (time.perf_counter() - start)
 
 
-def warm_rates(repeats: int, cases: tuple[tuple[str, str, int], ...]) -> dict[str, dict[str, float]]:
+def warm_rates(
+    repeats: int, cases: tuple[tuple[str, str, int], ...]
+) -> dict[str, dict[str, float]]:
     """Median rates of each case and of its floors (same process, interleaved)."""
     import opengem
 
@@ -161,9 +163,10 @@ def main() -> None:
         f"cold start (import + load + 10-sample query): {cold:.2f} s median "
         f"(goal 2 s: {cold / 2:.2f}x of it; runs {', '.join(f'{c:.2f}' for c in colds)})"
     )
-    print("  slowest imports (python -X importtime, cumulative): " + ", ".join(
-        f"{name} {s:.2f} s" for s, name in slowest
-    ))
+    print(
+        "  slowest imports (python -X importtime, cumulative): "
+        + ", ".join(f"{name} {s:.2f} s" for s, name in slowest)
+    )
     rates = warm_rates(args.repeats, cases)
     other: dict[str, dict[str, float]] = {}
     if args.compare:
@@ -172,7 +175,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--json", "--repeats", str(args.repeats)]
         child = subprocess.run(
             cmd + (["--quick"] if args.quick else []),
-            capture_output=True, text=True, check=True, env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
         )
         other = json.loads(child.stdout.strip().splitlines()[-1])
     for name, r in rates.items():

@@ -324,6 +324,8 @@ class Predictor:
             short.setdefault(s.split(":", 1)[-1], []).append(i)
         self.short_index = {k: v[0] for k, v in short.items() if len(v) == 1}
         self.labels = {f: fv.labels for f, fv in self.vocab.fields.items()}
+        #: training studies: generating "in" one uses its batch, not a newly drawn one
+        self._studies = set(self.vocab.values("study")) if "study" in self.vocab.fields else set()
 
     def _metadata(self, records: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
         cache: dict[int, dict[str, str]] = {}
@@ -422,6 +424,8 @@ class Predictor:
             effect, seen = self._effect(record, base[k], full)
             record["perturbation_seen"] = seen
             zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
+            if record.get("study") in self._studies:  # its own batch is in the prior mean:
+                zt = np.zeros_like(zt)  # no second one drawn on top (same draws consumed)
             # y = base + effect + zb W_bio + zt W_tech (+ noise_sd * N(0, 1) when sampling),
             # the products as whole-input matrix products (their bits depend on the shape)
             # and the sums in this order, row block by row block
@@ -530,9 +534,7 @@ class Predictor:
         rows: list[dict[str, str]] = []
         full = np.ones(m.n_genes, dtype=bool)
         items: Sequence[ReferenceInput | SampleIdsInput] = query.inputs
-        sink = CountSink(
-            sum(i.num_samples for i in items), m.n_genes, query.sampling_strategy, rng
-        )
+        sink = CountSink(sum(i.num_samples for i in items), m.n_genes, query.sampling_strategy, rng)
         buffers = _Buffers(m.n_genes)
         for item, (counts, stored) in zip(items, refs, strict=True):
             record = dict(item.metadata)
