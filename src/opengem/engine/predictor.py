@@ -29,7 +29,9 @@ seed gives byte-identical results in any process; no seed, fresh randomness.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +68,7 @@ MODALITY_WORD = {"bulk": "bulk", "sc": "single-cell"}
 
 #: rows per elementwise step of decoding (a few MB: the step's buffers stay in cache);
 #: every step works row by row, so its size never changes a result
-ROWS = 64
+ROWS = 16
 #: buckets of the fractional parts in :func:`round_preserving_total` (a power of two,
 #: so that ``floor(frac * 256)`` is exact and monotone in ``frac``)
 _BUCKETS = 256
@@ -216,6 +218,14 @@ class CountSink:
         self._scratch = np.empty_like(self._step)
         self._next = 0
 
+    def region(self, n: int) -> np.ndarray | None:
+        """Where the next ``n`` rows' counts will go, as float64 scratch for their
+        filling (each row block is read before its counts are written), or None when
+        the rows' log expression must stay there until :meth:`finish`."""
+        if self._y is not None:
+            return None
+        return self.counts[self._next : self._next + n].view(np.float64)
+
     def add(self, n: int, library: float | np.ndarray, fill: RowFill) -> None:
         start = self._next
         self._next += n
@@ -267,17 +277,31 @@ def output_metadata(
 
 
 class _Buffers:
-    """Reusable (rows, genes) float64 buffers of one query, by name."""
+    """Reusable (rows, genes) float64 buffers, by name: one set per predictor, kept
+    between queries (their pages stay mapped), lent to one query at a time."""
 
     def __init__(self, n_genes: int) -> None:
         self.n_genes = n_genes
         self._held: dict[str, np.ndarray] = {}
+        self.lock = threading.Lock()
 
     def get(self, name: str, n: int) -> np.ndarray:
         held = self._held.get(name)
         if held is None or len(held) < n:
             held = self._held[name] = np.empty((n, self.n_genes))
         return held[:n]
+
+
+@contextmanager
+def _borrowed(pool: _Buffers) -> Iterator[_Buffers]:
+    """The predictor's buffers, or fresh ones while another query holds them."""
+    if not pool.lock.acquire(blocking=False):
+        yield _Buffers(pool.n_genes)
+        return
+    try:
+        yield pool
+    finally:
+        pool.lock.release()
 
 
 def _conditioned_rows(
@@ -324,6 +348,7 @@ class Predictor:
             short.setdefault(s.split(":", 1)[-1], []).append(i)
         self.short_index = {k: v[0] for k, v in short.items() if len(v) == 1}
         self.labels = {f: fv.labels for f, fv in self.vocab.fields.items()}
+        self._buffers = _Buffers(self.model.n_genes)
         #: training studies: generating "in" one uses its batch, not a newly drawn one
         self._studies = set(self.vocab.values("study")) if "study" in self.vocab.fields else set()
 
@@ -417,26 +442,28 @@ class Predictor:
         sink = CountSink(
             sum(i.num_samples for i in query.inputs), m.n_genes, query.sampling_strategy, rng
         )
-        buffers = _Buffers(m.n_genes)
         library = float(query.total_count)
-        for k, (item, record) in enumerate(zip(query.inputs, records, strict=True)):
-            n = item.num_samples
-            effect, seen = self._effect(record, base[k], full)
-            record["perturbation_seen"] = seen
-            zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
-            if record.get("study") in self._studies:  # its own batch is in the prior mean:
-                zt = np.zeros_like(zt)  # no second one drawn on top (same draws consumed)
-            # y = base + effect + zb W_bio + zt W_tech (+ noise_sd * N(0, 1) when sampling),
-            # the products as whole-input matrix products (their bits depend on the shape)
-            # and the sums in this order, row block by row block
-            mean = base[k][None, :] + effect[None, :]
-            bio = np.matmul(zb, m.w_bio, out=buffers.get("bio", n))
-            tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
-            sink.add(n, library, self._baseline_rows(mean, bio, tech, noisy, rng))
-            parts_b.append(zb)
-            parts_t.append(zt)
-            parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
-            rows += [record] * n
+        with _borrowed(self._buffers) as buffers:
+            for k, (item, record) in enumerate(zip(query.inputs, records, strict=True)):
+                n = item.num_samples
+                effect, seen = self._effect(record, base[k], full)
+                record["perturbation_seen"] = seen
+                zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
+                if record.get("study") in self._studies:  # its own batch is in the prior mean:
+                    zt = np.zeros_like(zt)  # no second one drawn on top (same draws consumed)
+                # y = base + effect + zb W_bio + zt W_tech (+ noise_sd * N(0, 1) when sampling),
+                # the products as whole-input matrix products (their bits depend on the shape)
+                # and the sums in this order, row block by row block
+                mean = base[k][None, :] + effect[None, :]
+                region = sink.region(n)  # the rows' own result memory, when free
+                bio_out = buffers.get("bio", n) if region is None else region
+                bio = np.matmul(zb, m.w_bio, out=bio_out)
+                tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
+                sink.add(n, library, self._baseline_rows(mean, bio, tech, noisy, rng))
+                parts_b.append(zb)
+                parts_t.append(zt)
+                parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
+                rows += [record] * n
         counts = sink.finish()
         return ExpressionResult(
             counts,
@@ -535,44 +562,48 @@ class Predictor:
         full = np.ones(m.n_genes, dtype=bool)
         items: Sequence[ReferenceInput | SampleIdsInput] = query.inputs
         sink = CountSink(sum(i.num_samples for i in items), m.n_genes, query.sampling_strategy, rng)
-        buffers = _Buffers(m.n_genes)
-        for item, (counts, stored) in zip(items, refs, strict=True):
-            record = dict(item.metadata)
-            record.setdefault("perturbation_type", "control")
-            n = item.num_samples
-            if counts is not None:
-                y0, mask, _ = self._basal(counts)
-                ref_library = float(counts.sum())
-            else:
-                assert stored is not None
-                y0, mask = stored["y"], full
-                ref_library = stored["library"] or float(query.total_count)
-            resid = (y0 - m.gene_mean)[None, :]
-            zt0 = m.project(resid, m.w_tech)
-            zb0 = m.project(resid - zt0 @ m.w_tech, m.w_bio)
-            zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
-            # y = y0 [- zt0 W_tech + zt W_tech] [- zb0 W_bio + zb W_bio] + effect, in this
-            # order, the products as whole-input matrix products (as :meth:`_baseline`)
-            start = y0[None, :]
-            tech = bio = bio0 = None
-            if "technical" not in conditioned:  # redraw the batch: replace its projection
-                start = start - zt0 @ m.w_tech
-                tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
-            else:
-                zt = np.repeat(zt0, n, axis=0)
-            if "biological" not in conditioned:
-                bio0 = zb0 @ m.w_bio
-                bio = np.matmul(zb, m.w_bio, out=buffers.get("bio", n))
-            else:
-                zb = np.repeat(zb0, n, axis=0)
-            effect, seen = self._effect(record, y0, mask, None if counts is None else ref_library)
-            record["perturbation_seen"] = seen
-            total = float(query.total_count) if query.fixed_total_count else ref_library
-            sink.add(n, total, _conditioned_rows(start, tech, bio0, bio, effect, mask))
-            parts_b.append(zb)
-            parts_t.append(zt)
-            parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
-            rows += [record] * n
+        with _borrowed(self._buffers) as buffers:
+            for item, (counts, stored) in zip(items, refs, strict=True):
+                record = dict(item.metadata)
+                record.setdefault("perturbation_type", "control")
+                n = item.num_samples
+                if counts is not None:
+                    y0, mask, _ = self._basal(counts)
+                    ref_library = float(counts.sum())
+                else:
+                    assert stored is not None
+                    y0, mask = stored["y"], full
+                    ref_library = stored["library"] or float(query.total_count)
+                resid = (y0 - m.gene_mean)[None, :]
+                zt0 = m.project(resid, m.w_tech)
+                zb0 = m.project(resid - zt0 @ m.w_tech, m.w_bio)
+                zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
+                # y = y0 [- zt0 W_tech + zt W_tech] [- zb0 W_bio + zb W_bio] + effect, in this
+                # order, the products as whole-input matrix products (as :meth:`_baseline`)
+                start = y0[None, :]
+                tech = bio = bio0 = None
+                if "technical" not in conditioned:  # redraw the batch: replace its projection
+                    start = start - zt0 @ m.w_tech
+                    tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
+                else:
+                    zt = np.repeat(zt0, n, axis=0)
+                if "biological" not in conditioned:
+                    bio0 = zb0 @ m.w_bio
+                    region = sink.region(n)  # the rows' own result memory, when free
+                    bio_out = buffers.get("bio", n) if region is None else region
+                    bio = np.matmul(zb, m.w_bio, out=bio_out)
+                else:
+                    zb = np.repeat(zb0, n, axis=0)
+                effect, seen = self._effect(
+                    record, y0, mask, None if counts is None else ref_library
+                )
+                record["perturbation_seen"] = seen
+                total = float(query.total_count) if query.fixed_total_count else ref_library
+                sink.add(n, total, _conditioned_rows(start, tech, bio0, bio, effect, mask))
+                parts_b.append(zb)
+                parts_t.append(zt)
+                parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
+                rows += [record] * n
         counts_out = sink.finish()
         return ExpressionResult(
             counts_out,
