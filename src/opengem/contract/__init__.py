@@ -7,14 +7,20 @@ query is valid lives here, so the embedded API, the CLI and the server agree.
 from opengem.contract.errors import Problem, QueryError, UnknownModelError
 from opengem.contract.examples import get_example_query, reference_counts
 from opengem.contract.fields import (
+    ENTITY_FIELDS,
     FIELDS,
+    MATCHED_CONTEXT_FIELDS,
     PERTURBATION_FIELDS,
     PERTURBATION_SEP,
+    PERTURBATION_TYPE_SPECS,
+    QUANTITY_FIELDS,
     FieldKind,
     FieldSpec,
     IdSpace,
     LatentGroup,
+    PerturbationTypeSpec,
     fields_of,
+    quantity_value,
 )
 from opengem.contract.models import (
     MODEL_IDS,
@@ -36,11 +42,15 @@ from opengem.contract.query import (
 from opengem.contract.validate import Vocabulary, validate_metadata, validate_query
 
 __all__ = [
+    "ENTITY_FIELDS",
     "FIELDS",
+    "MATCHED_CONTEXT_FIELDS",
     "MODEL_IDS",
     "MODEL_SPECS",
     "PERTURBATION_FIELDS",
     "PERTURBATION_SEP",
+    "PERTURBATION_TYPE_SPECS",
+    "QUANTITY_FIELDS",
     "BaselineQuery",
     "FieldKind",
     "FieldSpec",
@@ -48,6 +58,7 @@ __all__ = [
     "LatentGroup",
     "Modality",
     "ModelSpec",
+    "PerturbationTypeSpec",
     "PredictMetadataQuery",
     "Problem",
     "Quantity",
@@ -65,6 +76,7 @@ __all__ = [
     "parse_age",
     "parse_model_id",
     "parse_quantity",
+    "quantity_value",
     "reference_counts",
     "validate_metadata",
     "validate_query",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from opengem.contract.quantities import parse_age, parse_quantity
+
 
 class LatentGroup(StrEnum):
     """The three latent groups of a GEM model; each owns a set of metadata fields."""
@@ -59,23 +61,63 @@ NORMAL_DISEASE_ID = "PATO:0000461"
 
 SAMPLE_TYPES = ("cell line", "organoid", "other", "primary cells", "primary tissue", "xenograft")
 SEXES = ("female", "male")
-PERTURBATION_TYPES = (
-    "coculture",
-    "compound",
-    "control",
-    "crispr",
-    "genetic",
-    "infection",
-    "other",
-    "overexpression",
-    "peptide or biologic",
-    "shrna",
-    "sirna",
-)
+
+
+@dataclass(frozen=True)
+class PerturbationTypeSpec:
+    """One value of ``perturbation_type`` and what it implies.
+
+    Attributes
+    ----------
+    name
+        The value.
+    id_spaces
+        The identifier spaces its ``perturbation_ontology_id`` may come from: ``None``
+        for any space of that field, ``()`` for none (a control has no id).
+    id_rule
+        How the rule is told to a person (``"must be …"``), where ``id_spaces`` narrows.
+    targets_gene
+        It acts on one gene (its id is an Ensembl gene).
+    loss_of_function
+        A loss-of-function type: a model that never saw it encodes it as another it knows.
+    """
+
+    name: str
+    id_spaces: tuple[IdSpace, ...] | None = None
+    id_rule: str = ""
+    targets_gene: bool = False
+    loss_of_function: bool = False
+
+
+_GENE = (IdSpace.ENSEMBL_GENE,)
+_GENE_RULE = "an Ensembl gene id"
+
+#: Every perturbation type, in the order the contract lists them.
+PERTURBATION_TYPE_SPECS: dict[str, PerturbationTypeSpec] = {
+    t.name: t
+    for t in (
+        PerturbationTypeSpec("coculture"),
+        PerturbationTypeSpec("compound", (IdSpace.CHEBI, IdSpace.CHEMBL), "a ChEBI or ChEMBL id"),
+        PerturbationTypeSpec("control", ()),
+        PerturbationTypeSpec("crispr", _GENE, _GENE_RULE, targets_gene=True, loss_of_function=True),
+        PerturbationTypeSpec("genetic"),
+        PerturbationTypeSpec("infection", (IdSpace.NCBI_TAXON,), "an NCBI Taxonomy id"),
+        PerturbationTypeSpec("other"),
+        PerturbationTypeSpec("overexpression", _GENE, _GENE_RULE, targets_gene=True),
+        PerturbationTypeSpec("peptide or biologic"),
+        PerturbationTypeSpec("shrna", _GENE, _GENE_RULE, targets_gene=True, loss_of_function=True),
+        PerturbationTypeSpec("sirna", _GENE, _GENE_RULE, targets_gene=True, loss_of_function=True),
+    )
+}
+PERTURBATION_TYPES: tuple[str, ...] = tuple(PERTURBATION_TYPE_SPECS)
 #: Perturbation types that act on one gene; their id is an Ensembl gene.
-GENE_TARGETING_TYPES = ("crispr", "shrna", "sirna", "overexpression")
+GENE_TARGETING_TYPES: tuple[str, ...] = tuple(
+    n for n, t in PERTURBATION_TYPE_SPECS.items() if t.targets_gene
+)
 #: Loss-of-function types: a model that never saw one encodes it as another it knows.
-LOSS_OF_FUNCTION_TYPES = ("crispr", "shrna", "sirna")
+LOSS_OF_FUNCTION_TYPES: tuple[str, ...] = tuple(
+    n for n, t in PERTURBATION_TYPE_SPECS.items() if t.loss_of_function
+)
 LIBRARY_LAYOUTS = ("PAIRED", "SINGLE")
 PLATFORMS = ("illumina",)
 #: ENA's library_selection vocabulary (the docs also write "polyA" for "PolyA").
@@ -131,9 +173,17 @@ class FieldSpec:
     values
         For enum fields: the valid values (matched case-insensitively, returned canonical).
     unit_kind
-        For quantity fields: ``"dose"``, ``"time"`` or ``"age"``.
+        For quantity fields, their unit family: ``"dose"``, ``"time"`` or ``"age"`` (a
+        plain number of years).
     description
         One line for people (docs, ``opengem vocab``, error messages).
+    context_rank
+        For the fields that define a sample's biological context (what a matched control
+        shares with its perturbed samples): the field's place in a context, most specific
+        first. ``None`` for every other field.
+    hierarchical
+        For ontology fields: a term is encoded with its ancestors (so an unseen child
+        term shares tokens with its parents). ``False`` matches ids as they are.
     """
 
     name: str
@@ -144,6 +194,26 @@ class FieldSpec:
     values: tuple[str, ...] = ()
     unit_kind: str | None = None
     example: str = ""
+    context_rank: int | None = None
+    hierarchical: bool = True
+
+    @property
+    def is_quantity(self) -> bool:
+        """A number (dose, time, age) rather than a categorical value."""
+        return self.kind is FieldKind.QUANTITY
+
+    @property
+    def uses_ancestors(self) -> bool:
+        """An ontology field whose values are encoded with their ancestor terms."""
+        return self.kind is FieldKind.ONTOLOGY and self.hierarchical
+
+    @property
+    def names_entity(self) -> bool:
+        """Its values name things a model learns one by one: ontology terms (tissues, cell
+        types, cell lines, diseases, perturbation agents) and the perturbation's type."""
+        return self.kind is FieldKind.ONTOLOGY or (
+            self.group is LatentGroup.PERTURBATION and self.kind is FieldKind.ENUM
+        )
 
 
 _B, _T, _P = LatentGroup.BIOLOGICAL, LatentGroup.TECHNICAL, LatentGroup.PERTURBATION
@@ -166,6 +236,7 @@ FIELDS: dict[str, FieldSpec] = {
             "cell line (Cellosaurus)",
             id_spaces=(IdSpace.CVCL,),
             example="CVCL_0023",
+            context_rank=0,
         ),
         FieldSpec(
             "cell_type_ontology_id",
@@ -174,6 +245,7 @@ FIELDS: dict[str, FieldSpec] = {
             "cell type (Cell Ontology)",
             id_spaces=(IdSpace.CL,),
             example="CL:0000236",
+            context_rank=1,
         ),
         FieldSpec(
             "developmental_stage",
@@ -181,6 +253,7 @@ FIELDS: dict[str, FieldSpec] = {
             FieldKind.TEXT,
             "developmental stage (free text)",
             example="adult",
+            context_rank=6,
         ),
         FieldSpec(
             "disease_ontology_id",
@@ -189,9 +262,10 @@ FIELDS: dict[str, FieldSpec] = {
             "disease (MONDO; PATO:0000461 'normal' for healthy)",
             id_spaces=(IdSpace.MONDO, IdSpace.PATO),
             example="MONDO:0011719",
+            context_rank=3,
         ),
         FieldSpec("ethnicity", _B, FieldKind.TEXT, "ethnicity (free text)"),
-        FieldSpec("genotype", _B, FieldKind.TEXT, "genotype (free text)"),
+        FieldSpec("genotype", _B, FieldKind.TEXT, "genotype (free text)", context_rank=4),
         FieldSpec("race", _B, FieldKind.TEXT, "race (free text)"),
         FieldSpec(
             "sample_type",
@@ -200,6 +274,7 @@ FIELDS: dict[str, FieldSpec] = {
             "kind of biological sample",
             values=SAMPLE_TYPES,
             example="primary tissue",
+            context_rank=5,
         ),
         FieldSpec("sex", _B, FieldKind.ENUM, "donor sex", values=SEXES, example="female"),
         FieldSpec(
@@ -209,6 +284,7 @@ FIELDS: dict[str, FieldSpec] = {
             "tissue (UBERON)",
             id_spaces=(IdSpace.UBERON,),
             example="UBERON:0000945",
+            context_rank=2,
         ),
         FieldSpec(
             "perturbation_dose",
@@ -225,6 +301,7 @@ FIELDS: dict[str, FieldSpec] = {
             "what was perturbed: Ensembl gene, ChEBI, ChEMBL or NCBI Taxonomy id",
             id_spaces=(IdSpace.ENSEMBL_GENE, IdSpace.CHEBI, IdSpace.CHEMBL, IdSpace.NCBI_TAXON),
             example="ENSG00000141510",
+            hierarchical=False,
         ),
         FieldSpec(
             "perturbation_time",
@@ -287,3 +364,32 @@ PERTURBATION_SEP = "|"
 def fields_of(group: LatentGroup) -> tuple[str, ...]:
     """Field names owned by one latent group, in registry order."""
     return tuple(n for n, f in FIELDS.items() if f.group is group)
+
+
+#: Quantity fields (numbers: age, dose, time), in registry order.
+QUANTITY_FIELDS: tuple[str, ...] = tuple(n for n, f in FIELDS.items() if f.is_quantity)
+#: The fields that define a sample's biological context (what a matched control shares
+#: with its perturbed samples), most specific first (``FieldSpec.context_rank``).
+MATCHED_CONTEXT_FIELDS: tuple[str, ...] = tuple(
+    sorted(
+        (n for n, f in FIELDS.items() if f.context_rank is not None),
+        key=lambda n: FIELDS[n].context_rank or 0,
+    )
+)
+#: Fields whose values name things a model learns one by one (``FieldSpec.names_entity``).
+ENTITY_FIELDS: tuple[str, ...] = tuple(n for n, f in FIELDS.items() if f.names_entity)
+
+
+def quantity_value(name: str, text: str | None) -> tuple[float | None, str | None]:
+    """(value in base units, unit dimension) of a quantity field's value.
+
+    Ages are a plain number of years (no dimension); doses and times are parsed in
+    their field's unit family. Empty values give ``(None, None)``.
+    """
+    if not text:
+        return None, None
+    family = FIELDS[name].unit_kind
+    if family == "age":
+        return parse_age(text), None
+    q = parse_quantity(text, family or "")
+    return q.to_base(), q.dimension

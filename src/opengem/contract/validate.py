@@ -30,12 +30,12 @@ import numpy as np
 from opengem.contract.errors import Problem, QueryError
 from opengem.contract.fields import (
     FIELDS,
-    GENE_TARGETING_TYPES,
     ID_SPACE_INFO,
     LOSS_OF_FUNCTION_TYPES,
     NORMAL_DISEASE_ID,
     PERTURBATION_FIELDS,
     PERTURBATION_SEP,
+    PERTURBATION_TYPE_SPECS,
     FieldKind,
     FieldSpec,
     IdSpace,
@@ -517,24 +517,19 @@ class _Checker:
                 self.add(where, pid, reason, [f"{k} ({v})" if v else k for k, v in known.items()])
         if ptype is None or pid is None:
             return
-        space = self.id_space_of(pid)
-        if ptype == "control":
+        rule = PERTURBATION_TYPE_SPECS.get(ptype)
+        if rule is None or rule.id_spaces is None:
+            return
+        if not rule.id_spaces:
             self.add(
                 where,
                 pid,
-                "is set, but perturbation_type is 'control'; a control has no "
+                f"is set, but perturbation_type is {ptype!r}; a control has no "
                 "perturbation id (drop it, or give the perturbation's type)",
             )
-        elif ptype in GENE_TARGETING_TYPES and space is not IdSpace.ENSEMBL_GENE:
-            self.add(
-                where,
-                pid,
-                f"must be an Ensembl gene id: perturbation_type {ptype!r} targets a gene",
-            )
-        elif ptype == "compound" and space not in (IdSpace.CHEBI, IdSpace.CHEMBL):
-            self.add(where, pid, "must be a ChEBI or ChEMBL id: perturbation_type 'compound'")
-        elif ptype == "infection" and space is not IdSpace.NCBI_TAXON:
-            self.add(where, pid, "must be an NCBI Taxonomy id: perturbation_type 'infection'")
+        elif self.id_space_of(pid) not in rule.id_spaces:
+            reason = f"must be {rule.id_rule}: perturbation_type {ptype!r}"
+            self.add(where, pid, reason + (" targets a gene" if rule.targets_gene else ""))
 
     def check_combination(self, loc: str, raw: Mapping[str, Any]) -> dict[str, str]:
         """Several perturbations of one input -> aligned ``"|"``-joined canonical fields.

@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from opengem.contract import FIELDS, PERTURBATION_FIELDS
+from opengem.contract import FIELDS, MATCHED_CONTEXT_FIELDS, PERTURBATION_FIELDS, FieldKind
 from opengem.eval.metrics import log_cpm, masked_mean, pseudobulk, pseudobulk_mean
 
 __all__ = [
-    "BIOLOGICAL_CONTEXT_FIELDS",
     "COMBINATION_SEPARATOR",
     "CorpusView",
     "EvalError",
@@ -31,15 +30,14 @@ __all__ = [
 
 #: separator of several perturbations in one obs cell ("ENSG_A|ENSG_B")
 COMBINATION_SEPARATOR = "|"
-#: biological fields that define a sample's context (what a matched control shares)
-BIOLOGICAL_CONTEXT_FIELDS = (
-    "cell_line_ontology_id",
-    "cell_type_ontology_id",
-    "tissue_ontology_id",
-    "disease_ontology_id",
-    "genotype",
-    "sample_type",
-    "developmental_stage",
+#: the fields of a matched context (``MATCHED_CONTEXT_FIELDS``) with a controlled
+#: vocabulary (ontology terms, fixed values)
+CONTROLLED_CONTEXT_FIELDS: tuple[str, ...] = tuple(
+    f for f in MATCHED_CONTEXT_FIELDS if FIELDS[f].kind in (FieldKind.ONTOLOGY, FieldKind.ENUM)
+)
+#: the perturbation fields with a fixed set of values (the perturbation type)
+PERTURBATION_ENUM_FIELDS: tuple[str, ...] = tuple(
+    f for f in PERTURBATION_FIELDS if FIELDS[f].kind is FieldKind.ENUM
 )
 
 
@@ -187,7 +185,7 @@ class CorpusView:
     def is_control(self) -> np.ndarray:
         return self.values("perturbation_type") == "control"
 
-    def context_keys(self, fields: Sequence[str] = BIOLOGICAL_CONTEXT_FIELDS) -> np.ndarray:
+    def context_keys(self, fields: Sequence[str] = MATCHED_CONTEXT_FIELDS) -> np.ndarray:
         """Per row: study + the biological fields + ``match_group`` (matched-sample groups).
 
         Samples with the same key are each other's matched controls / perturbed samples.
@@ -223,7 +221,7 @@ def fast_rows(
     if view.modality == "sc" and len(keep) > cap:
         rng = np.random.default_rng(0)
         keep = list(np.sort(rng.choice(np.asarray(keep), cap, replace=False)))
-    bio = [*BIOLOGICAL_CONTEXT_FIELDS[:4], "sample_type", "perturbation_type"]
+    bio = [*CONTROLLED_CONTEXT_FIELDS, *PERTURBATION_ENUM_FIELDS]
     focus_rows = np.flatnonzero(np.isin(view.studies, list(focus)))
     focus_values = {(f, v) for f in bio for v in view.values(f)[focus_rows] if v}
     others = sorted(set(view.studies[train_rows[~in_focus]]))

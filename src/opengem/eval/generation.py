@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from opengem.contract import FIELDS, LatentGroup
+from opengem.contract import ENTITY_FIELDS, FIELDS, PERTURBATION_FIELDS, FieldKind, LatentGroup
 from opengem.eval import baselines as bl
 from opengem.eval import metrics as m
-from opengem.eval.corpus import CorpusView
+from opengem.eval.corpus import CONTROLLED_CONTEXT_FIELDS, CorpusView
 from opengem.eval.querying import ModelClient
 from opengem.eval.results import UnitResult
 from opengem.eval.scoring import SEED, generation_scores
@@ -28,18 +28,12 @@ __all__ = ["CONDITION_FIELDS", "GenerationUnit", "condition_groups", "score_gene
 CONDITION_FIELDS = tuple(f for f, spec in FIELDS.items() if spec.group is not LatentGroup.TECHNICAL)
 
 #: condition-mean back-off: fields a training sample must share, most specific first
+#: (every condition field; the controlled context and what the perturbation is; the
+#: ontology context; then hand-picked coarser levels)
 BACKOFF = (
     CONDITION_FIELDS,
-    (
-        "tissue_ontology_id",
-        "cell_type_ontology_id",
-        "cell_line_ontology_id",
-        "disease_ontology_id",
-        "sample_type",
-        "perturbation_type",
-        "perturbation_ontology_id",
-    ),
-    ("tissue_ontology_id", "cell_type_ontology_id", "cell_line_ontology_id", "disease_ontology_id"),
+    (*CONTROLLED_CONTEXT_FIELDS, *(f for f in ENTITY_FIELDS if f in PERTURBATION_FIELDS)),
+    tuple(f for f in CONTROLLED_CONTEXT_FIELDS if FIELDS[f].kind is FieldKind.ONTOLOGY),
     ("tissue_ontology_id", "cell_type_ontology_id", "cell_line_ontology_id"),
     ("tissue_ontology_id",),
     ("cell_type_ontology_id",),

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from opengem.contract import PERTURBATION_FIELDS
+from opengem.contract import FIELDS, MATCHED_CONTEXT_FIELDS, PERTURBATION_FIELDS
 from opengem.contract.fields import GENE_TARGETING_TYPES
 from opengem.eval.corpus import (
-    BIOLOGICAL_CONTEXT_FIELDS,
     COMBINATION_SEPARATOR,
     CorpusView,
     perturbation_parts,
@@ -155,9 +154,13 @@ class Cell:
         what = self.perturbation.get("perturbation_ontology_id") or self.perturbation.get(
             "perturbation_type", ""
         )
-        extra = [self.perturbation.get(f, "") for f in ("perturbation_dose", "perturbation_time")]
+        extra = [self.perturbation.get(f, "") for f in _PERTURBATION_QUANTITIES]
         extra_text = " ".join(e for e in extra if e)
         return f"{self.study}/{what}{f' {extra_text}' if extra_text else ''}/{self.context}"
+
+
+#: dose and time: the perturbation fields that are quantities
+_PERTURBATION_QUANTITIES = tuple(f for f in PERTURBATION_FIELDS if FIELDS[f].is_quantity)
 
 
 def restrict_cells(
@@ -247,7 +250,7 @@ def _study_cells(view: CorpusView, study: str, spec: ContextSpec | None) -> list
     match = view.values("match_group")[rows]
     pair = None
     note = ""
-    varying = [f for f in BIOLOGICAL_CONTEXT_FIELDS if len(set(view.values(f)[rows][~control])) > 1]
+    varying = [f for f in MATCHED_CONTEXT_FIELDS if len(set(view.values(f)[rows][~control])) > 1]
     if (match != "").any():
         # declared matched groups: the context is the varying biological fields (or the
         # match group itself when none varies); pairs share the match group

@@ -31,12 +31,15 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import optimize, special
 
+from opengem.contract import FIELDS, PERTURBATION_FIELDS
 from opengem.model.gem import Classifier, GEMModel, ModelConfig, Unit
 from opengem.model.perturbations import (
     CONTEXT_FIELDS,
+    COVARIATE_FIELDS,
     Perturbation,
     combination_key,
     context_key,
+    covariate_columns,
     perturbations_of,
     without_perturbation,
 )
@@ -402,7 +405,7 @@ def _design(
     columns: list[tuple[str, str]] = []
     scale: list[float] = []
     for name, fv in vocab.fields.items():
-        if name.startswith("perturbation_") or not fv.classes:
+        if name in PERTURBATION_FIELDS or not fv.classes:
             continue
         lam = config.ridge_study if name == "study" else config.ridge_terms
         for t in fv.tokens[1:]:
@@ -411,9 +414,10 @@ def _design(
     for key in sorted({context_key(r) for r in records}):
         columns.append(("condition", key))
         scale.append(1.0 / math.sqrt(config.ridge_condition))
-    if vocab.fields.get("age_years") is None and any(r.get("age_years") for r in records):
-        columns += [("age", "log_age"), ("age", "known")]
-        scale += [1.0 / math.sqrt(config.ridge_terms)] * 2
+    for name in COVARIATE_FIELDS:
+        if vocab.fields.get(name) is None and any(r.get(name) for r in records):
+            columns += covariate_columns(name)
+            scale += [1.0 / math.sqrt(config.ridge_terms)] * 2
     return columns, np.array(scale)
 
 
@@ -802,7 +806,7 @@ def _fit_classifiers(
     common = np.sort(cover[np.argsort(-gvar[cover], kind="stable")[: 4 * len(hvg)]])
     classifiers: dict[str, Classifier] = {}
     for name, fv in model.vocab.fields.items():
-        if name in _NOT_PREDICTED or len(fv.classes) < 2 or name.startswith("perturbation_dose"):
+        if name in _NOT_PREDICTED or len(fv.classes) < 2 or FIELDS[name].is_quantity:
             continue
         pos = {v: i for i, v in enumerate(fv.classes)}
         labels = np.array([pos.get(r.get(name, ""), -1) for r in c.records])

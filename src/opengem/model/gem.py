@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from opengem.contract.fields import PERTURBATION_FIELDS
 from opengem.model.perturbations import Perturbation, combination_key, perturbations_of
 from opengem.model.vocab import UNKNOWN, Vocabulary, numeric_value
 
@@ -247,13 +248,13 @@ class GEMModel:
     # --------------------------------------------------------------------- prior mean
     def feature_rows(self, records: Sequence[Mapping[str, str]]) -> np.ndarray:
         """Scaled feature rows (ridge design) of metadata records."""
-        from opengem.model.perturbations import context_key
+        from opengem.model.perturbations import COVARIATE_FIELDS, context_key, covariate_columns
         from opengem.ontology.describe import term_ancestors
 
         out = np.zeros((len(records), len(self.columns)), dtype=np.float64)
         for i, r in enumerate(records):
             for name, fv in self.vocab.fields.items():
-                if name.startswith("perturbation_") or not r.get(name):
+                if name in PERTURBATION_FIELDS or not r.get(name):
                     continue
                 for t in fv.token_indices(r.get(name), term_ancestors):
                     j = self._column_index.get(("token", f"{name}={fv.tokens[t]}"))
@@ -262,12 +263,14 @@ class GEMModel:
             j = self._column_index.get(("condition", context_key(r)))
             if j is not None:
                 out[i, j] = 1.0
-            age, _ = numeric_value("age_years", r.get("age_years"))
-            j = self._column_index.get(("age", "log_age"))
-            if j is not None and age is not None:
-                scale = self.vocab.numeric["age_years"]
-                out[i, j] = (math.log1p(max(age, 0.0)) - scale.mean) / (scale.std or 1.0)
-                out[i, self._column_index[("age", "known")]] = 1.0
+            for name in COVARIATE_FIELDS:
+                value, _ = numeric_value(name, r.get(name))
+                log_column, known_column = covariate_columns(name)
+                j = self._column_index.get(log_column)
+                if j is not None and value is not None:
+                    scale = self.vocab.numeric[name]
+                    out[i, j] = (math.log1p(max(value, 0.0)) - scale.mean) / (scale.std or 1.0)
+                    out[i, self._column_index[known_column]] = 1.0
         return out * self.column_scale[None, :]
 
     def prior_mean(self, records: Sequence[Mapping[str, str]]) -> np.ndarray:

@@ -13,15 +13,26 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from opengem.contract import FIELDS, LatentGroup, parse_quantity
-from opengem.contract.fields import GENE_TARGETING_TYPES, PERTURBATION_FIELDS
+from opengem.contract import FIELDS, PERTURBATION_TYPE_SPECS, LatentGroup, quantity_value
+from opengem.contract.fields import PERTURBATION_FIELDS
 
 SEP = "|"
 CONTROL_TYPES = ("", "control")
-#: biological fields that define a context (everything biological except age)
+#: biological fields that define a context (every categorical biological field; the
+#: quantities, such as age, are covariates of the prior instead)
 CONTEXT_FIELDS: tuple[str, ...] = tuple(
-    n for n, f in FIELDS.items() if f.group is LatentGroup.BIOLOGICAL and n != "age_years"
+    n for n, f in FIELDS.items() if f.group is LatentGroup.BIOLOGICAL and not f.is_quantity
 )
+#: biological quantities (age): numeric covariates of the prior mean
+COVARIATE_FIELDS: tuple[str, ...] = tuple(
+    n for n, f in FIELDS.items() if f.group is LatentGroup.BIOLOGICAL and f.is_quantity
+)
+
+
+def covariate_columns(name: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The prior-mean design columns of a covariate: its log value and its known flag."""
+    family = FIELDS[name].unit_kind or name
+    return (family, f"log_{family}"), (family, "known")
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,8 @@ class Perturbation:
 
     @property
     def targets_gene(self) -> bool:
-        return self.type in GENE_TARGETING_TYPES
+        spec = PERTURBATION_TYPE_SPECS.get(self.type)
+        return spec is not None and spec.targets_gene
 
     @property
     def log_dose(self) -> float | None:
@@ -55,11 +67,9 @@ def _split(value: str | None, n: int) -> list[str]:
     return [p.strip() for p in parts] + [""] * (n - len(parts))
 
 
-def _quantity(text: str, kind: str) -> tuple[float | None, str]:
-    if not text:
-        return None, ""
-    q = parse_quantity(text, kind)
-    return q.to_base(), q.dimension
+def _quantity(field: str, text: str) -> tuple[float | None, str]:
+    value, unit = quantity_value(field, text)
+    return value, unit or ""
 
 
 def perturbations_of(record: Mapping[str, str]) -> tuple[Perturbation, ...]:
@@ -75,8 +85,8 @@ def perturbations_of(record: Mapping[str, str]) -> tuple[Perturbation, ...]:
             continue
         if ptype == "control":
             continue
-        d, unit = _quantity(dose, "dose")
-        t, _ = _quantity(time, "time")
+        d, unit = _quantity("perturbation_dose", dose)
+        t, _ = _quantity("perturbation_time", time)
         out.append(Perturbation(pid, ptype, d, unit, t))
     return tuple(out)
 

@@ -17,15 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opengem.contract import FIELDS, FieldKind, LatentGroup, parse_age, parse_quantity
-from opengem.contract.fields import (
-    PERTURBATION_FIELDS,
-)
+from opengem.contract import FIELDS, QUANTITY_FIELDS, LatentGroup, quantity_value
+from opengem.contract.fields import PERTURBATION_FIELDS
 
 UNKNOWN = "<unknown>"
 SEP = "|"  # several perturbations of one sample (see opengem.model.perturbations)
-NUMERIC_FIELDS = ("age_years", "perturbation_dose", "perturbation_time")
-CATEGORICAL_FIELDS = tuple(f for f in FIELDS if f not in NUMERIC_FIELDS)
+#: numeric fields (the contract's quantity fields) and every other, categorical, field
+NUMERIC_FIELDS: tuple[str, ...] = QUANTITY_FIELDS
+CATEGORICAL_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f not in NUMERIC_FIELDS)
 Ancestors = Callable[[str], Sequence[str]]
 
 
@@ -92,12 +91,7 @@ class NumericScale:
 
 def numeric_value(field_name: str, text: str | None) -> tuple[float | None, str | None]:
     """(value in base units, unit dimension) of a dose, time or age string."""
-    if not text:
-        return None, None
-    if field_name == "age_years":
-        return parse_age(text), None
-    q = parse_quantity(text, "dose" if field_name == "perturbation_dose" else "time")
-    return q.to_base(), q.dimension
+    return quantity_value(field_name, text)
 
 
 @dataclass
@@ -129,9 +123,7 @@ class Vocabulary:
                     if part.strip()
                 }
             )
-            ontology = (
-                FIELDS[name].kind is FieldKind.ONTOLOGY and name != "perturbation_ontology_id"
-            )
+            ontology = FIELDS[name].uses_ancestors
             extra = sorted(
                 {a for c in classes for a in (ancestors(c) if ontology else ())} - set(classes)
             )

@@ -7,17 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from opengem.contract import FIELDS
-
-#: fields whose values must be covered by training studies for a study to be "redundant"
-_CONTEXT_FIELDS = (
-    "tissue_ontology_id",
-    "cell_type_ontology_id",
-    "cell_line_ontology_id",
-    "disease_ontology_id",
-    "perturbation_ontology_id",
-    "perturbation_type",
-)
+from opengem.contract import ENTITY_FIELDS, FIELDS
 
 
 def obs_records(obs: pd.DataFrame) -> list[dict[str, str]]:
@@ -29,10 +19,10 @@ def obs_records(obs: pd.DataFrame) -> list[dict[str, str]]:
 def choose_validation_studies(obs: pd.DataFrame, fraction: float, seed: int) -> list[str]:
     """Whole studies for validation, preferring those whose contexts other studies cover.
 
-    A study is *redundant* when every value of its context fields (tissue, cell type,
-    cell line, disease, perturbation) also occurs in another study, so holding it out
-    loses no vocabulary. Redundant studies are drawn (seeded) until ``fraction`` of the
-    samples is reached; studies hold out whole.
+    A study is *redundant* when every value of its entity fields (``ENTITY_FIELDS``:
+    tissue, cell type, cell line, disease, perturbation) also occurs in another study,
+    so holding it out loses no vocabulary. Redundant studies are drawn (seeded) until
+    ``fraction`` of the samples is reached; studies hold out whole.
     """
     if fraction <= 0:
         return []
@@ -42,7 +32,7 @@ def choose_validation_studies(obs: pd.DataFrame, fraction: float, seed: int) -> 
     values = {
         s: {
             (f, v)
-            for f in _CONTEXT_FIELDS
+            for f in ENTITY_FIELDS
             for v in obs.loc[obs["study"].astype(str) == s, f].astype(str)
             if v
         }
