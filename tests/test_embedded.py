@@ -224,6 +224,26 @@ def test_out_of_vocabulary_values_are_refused_with_suggestions() -> None:
     assert "not in this model's vocabulary" in problem.reason and problem.suggestions
 
 
+def test_a_field_the_bundle_was_not_trained_with_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a bundle trained before "ethnicity" joined the contract: its vocabulary lacks it
+    vocab = default_registry().predictor(BULK).vocab
+    monkeypatch.delitem(vocab.fields, "ethnicity")
+    query = _bulk_query()
+    query["inputs"][0]["metadata"]["ethnicity"] = "Han Chinese"
+    with pytest.raises(opengem.QueryError) as err:
+        opengem.predict_query(query, model_id=BULK)
+    (problem,) = err.value.problems
+    assert problem.location == "inputs[0].metadata.ethnicity"
+    assert BULK in problem.reason and "not trained with" in problem.reason
+    assert "tissue_ontology_id" in problem.reason.split("trained with:")[1]
+    assert "ethnicity" not in problem.reason.split("trained with:")[1]
+    # unset, the field is no problem (clients echo every key with "")
+    query["inputs"][0]["metadata"]["ethnicity"] = ""
+    assert opengem.predict_query(query, model_id=BULK)["expression"].shape[0] == 10
+
+
 def test_to_anndata_round_trip() -> None:
     result = opengem.predict_query(_bulk_query(), model_id=BULK)
     adata = opengem.to_anndata(result)

@@ -806,6 +806,25 @@ def test_vocabulary_membership() -> None:
     assert run(perturbation_ontology_id="ENSG00000141510").inputs[0].metadata
 
 
+def test_fields_a_model_was_not_trained_with_are_refused_by_name() -> None:
+    trained = [f for f in opengem.contract.FIELDS if f != "genotype"]
+    query = example(BULK)
+    query["inputs"][1]["metadata"]["genotype"] = "wild type"
+    with pytest.raises(QueryError) as err:
+        validate_query(query, BULK, trained_fields=trained)
+    (problem,) = err.value.problems
+    assert problem.location == "inputs[1].metadata.genotype"
+    assert problem.value == "wild type"
+    assert f"{BULK} was not trained with" in problem.reason
+    listed = problem.reason.split("trained with: ")[1].split(", ")
+    assert listed == trained
+    # unset, or with every field trained, the query passes as before
+    query["inputs"][1]["metadata"]["genotype"] = ""
+    assert validate_query(query, BULK, trained_fields=trained)
+    query["inputs"][1]["metadata"]["genotype"] = "wild type"
+    assert validate_query(query, BULK, trained_fields=opengem.contract.FIELDS)
+
+
 def test_unseen_terms_need_an_informative_shared_ancestor() -> None:
     base = {
         "sampling_strategy": "mean estimation",

@@ -156,8 +156,10 @@ class _Checker:
         resolver: TermResolver | None,
         known_sample_ids: Collection[str] | None,
         ancestor_tokens: Mapping[str, Collection[str]] | None = None,
+        trained_fields: Collection[str] | None = None,
     ) -> None:
         self.ancestor_tokens = ancestor_tokens or {}
+        self.trained_fields = trained_fields
         self.spec = spec
         self.limits = limits
         self.vocabulary = vocabulary
@@ -271,6 +273,9 @@ class _Checker:
                     f"accept only perturbation fields: {', '.join(allowed)}",
                 )
                 continue
+            if self.untrained(key) and _is_set(value):
+                self.add(where, value, self.untrained_reason(allowed))
+                continue
             if combination and key in PERTURBATION_FIELDS:
                 raw_perturbation[key] = value  # checked component by component below
                 continue
@@ -284,6 +289,18 @@ class _Checker:
         else:
             self.check_perturbation(loc, out, type_given=_is_set(metadata.get("perturbation_type")))
         return out
+
+    def untrained(self, key: str) -> bool:
+        """A contract field the model's bundle was trained without (it would be ignored)."""
+        return self.trained_fields is not None and key not in self.trained_fields
+
+    def untrained_reason(self, allowed: Collection[str]) -> str:
+        known = [f for f in allowed if not self.untrained(f)]
+        return (
+            f"is a metadata field {self.spec.model_id} was not trained with (its bundle "
+            "predates the field, so the value would be ignored); drop it, or use a bundle "
+            f"trained with it. Fields this model was trained with: {', '.join(known)}"
+        )
 
     def check_field(self, loc: str, field: FieldSpec, value: Any) -> str | None:
         if (
@@ -1024,6 +1041,7 @@ def validate_query(
     resolver: TermResolver | None = None,
     known_sample_ids: Collection[str] | None = None,
     ancestor_tokens: Mapping[str, Collection[str]] | None = None,
+    trained_fields: Collection[str] | None = None,
 ) -> Query:
     """Check a query for a model and return it normalised.
 
@@ -1049,6 +1067,10 @@ def validate_query(
         values): an unseen term sharing one of them is accepted and encoded through it.
         Perturbation ids outside the vocabulary are accepted when their
         ``perturbation_type`` is given (genes also get the on-target term).
+    trained_fields
+        The metadata fields the model was trained with (its vocabulary's fields). A set
+        value of any other contract field (one added after the bundle was trained) is
+        refused by name rather than silently ignored. ``None``: every field.
 
     Returns
     -------
@@ -1082,6 +1104,7 @@ def validate_query(
         resolver,
         known_sample_ids,
         ancestor_tokens,
+        trained_fields,
     )
     normalised = checker.check_query(query)
     if checker.problems:

@@ -96,6 +96,7 @@ class ModelRegistry:
             limits=limits,
             vocabulary=predictor.vocab.as_validation_vocabulary(),
             ancestor_tokens=predictor.vocab.ancestor_tokens(),
+            trained_fields=predictor.vocab.trained_fields(),
             known_sample_ids=(
                 predictor.known_sample_ids()
                 if model_id.endswith("condition-on-sample-ids")

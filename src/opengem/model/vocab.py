@@ -206,6 +206,14 @@ class Vocabulary:
             ]
         return out
 
+    def trained_fields(self) -> frozenset[str]:
+        """The metadata fields the model was trained with (categorical and numeric).
+
+        A field of the contract outside this set was added after the bundle was
+        trained: the model has no input for it.
+        """
+        return frozenset(self.fields) | frozenset(self.numeric)
+
     def as_validation_vocabulary(self) -> dict[str, dict[str, str]]:
         """Per field: the values a query may use (fields never seen in training are open)."""
         return {name: self.values(name) for name, fv in self.fields.items() if fv.classes}
