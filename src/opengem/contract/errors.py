@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ def show_value(value: Any) -> str:
 
 
 _MAX_LOCATION_CHARS = 160
+#: one step of a location: a key (up to the next "." or "[") or a list index
+_PATH_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
 def show_location(location: str) -> str:
@@ -48,6 +51,22 @@ class Problem:
     value: Any
     reason: str
     suggestions: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def path(self) -> tuple[str | int, ...]:
+        """The location as keys and list indices: ``inputs[1].metadata.sex`` is
+        ``("inputs", 1, "metadata", "sex")`` (``()`` for a problem of the whole query)."""
+        return tuple(
+            int(index) if index else key for key, index in _PATH_STEP.findall(self.location)
+        )
+
+    def input_field(self) -> tuple[int, str] | None:
+        """``(input index, metadata field)`` of a problem with one input's metadata field
+        (a combination's component included), else ``None``."""
+        match self.path:
+            case ("inputs", int(i), "metadata", str(name), *_):
+                return i, name
+        return None
 
     def __str__(self) -> str:
         head = f"{show_location(self.location)}: " if self.location else ""

@@ -157,9 +157,11 @@ class _Checker:
         known_sample_ids: Collection[str] | None,
         ancestor_tokens: Mapping[str, Collection[str]] | None = None,
         trained_fields: Collection[str] | None = None,
+        max_problems: int | None = MAX_PROBLEMS,
     ) -> None:
         self.ancestor_tokens = ancestor_tokens or {}
         self.trained_fields = trained_fields
+        self.max_problems = max_problems
         self.spec = spec
         self.limits = limits
         self.vocabulary = vocabulary
@@ -178,14 +180,14 @@ class _Checker:
     def add(
         self, location: str, value: Any, reason: str, suggestions: Collection[str] = ()
     ) -> None:
-        if len(self.problems) >= MAX_PROBLEMS:
+        if self.full:
             self.truncated = True
             return
         self.problems.append(Problem(location, value, reason, tuple(suggestions)[:5]))
 
     @property
     def full(self) -> bool:
-        return len(self.problems) >= MAX_PROBLEMS
+        return self.max_problems is not None and len(self.problems) >= self.max_problems
 
     def stop(self) -> bool:
         """Whether checking stops here (:data:`MAX_PROBLEMS` reached; the note says so)."""
@@ -207,7 +209,7 @@ class _Checker:
             Problem(
                 "",
                 None,
-                f"checking stopped after {MAX_PROBLEMS} problems; fix these and send the "
+                f"checking stopped after {self.max_problems} problems; fix these and send the "
                 "query again to see any others",
             ),
         ]
@@ -1042,6 +1044,7 @@ def validate_query(
     known_sample_ids: Collection[str] | None = None,
     ancestor_tokens: Mapping[str, Collection[str]] | None = None,
     trained_fields: Collection[str] | None = None,
+    max_problems: int | None = MAX_PROBLEMS,
 ) -> Query:
     """Check a query for a model and return it normalised.
 
@@ -1071,6 +1074,9 @@ def validate_query(
         The metadata fields the model was trained with (its vocabulary's fields). A set
         value of any other contract field (one added after the bundle was trained) is
         refused by name rather than silently ignored. ``None``: every field.
+    max_problems
+        Checking stops after this many problems (a note says so); ``None`` reports every
+        problem (for callers that act on each, such as the evaluation).
 
     Returns
     -------
@@ -1105,6 +1111,7 @@ def validate_query(
         known_sample_ids,
         ancestor_tokens,
         trained_fields,
+        max_problems,
     )
     normalised = checker.check_query(query)
     if checker.problems:

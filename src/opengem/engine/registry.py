@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opengem.contract import parse_model_id
+from opengem.contract.validate import MAX_PROBLEMS
 from opengem.engine.bundle import BundleError, load_bundle
 from opengem.engine.predictor import Predictor
 
@@ -79,13 +80,21 @@ class ModelRegistry:
             hit.last_used = time.monotonic()
             return hit.predictor
 
-    def validate(self, model_id: str, query: Any, limits: QueryLimits | None = None) -> Query:
+    def validate(
+        self,
+        model_id: str,
+        query: Any,
+        limits: QueryLimits | None = None,
+        *,
+        max_problems: int | None = MAX_PROBLEMS,
+    ) -> Query:
         """``query`` validated against the vocabulary of the model serving ``model_id``
         (its training sample ids too, for condition-on-sample-ids): the one check every
         caller uses (embedded API, server, evaluation).
 
-        Raises ``UnknownModelError``, ``QueryError``, or ``BundleError`` when the model
-        has no bundle here.
+        Raises ``UnknownModelError``, ``QueryError`` (with at most ``max_problems``
+        problems; ``None``: all of them), or ``BundleError`` when the model has no
+        bundle here.
         """
         from opengem.contract import validate_query
 
@@ -97,6 +106,7 @@ class ModelRegistry:
             vocabulary=predictor.vocab.as_validation_vocabulary(),
             ancestor_tokens=predictor.vocab.ancestor_tokens(),
             trained_fields=predictor.vocab.trained_fields(),
+            max_problems=max_problems,
             known_sample_ids=(
                 predictor.known_sample_ids()
                 if model_id.endswith("condition-on-sample-ids")

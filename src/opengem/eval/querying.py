@@ -8,7 +8,6 @@ metadata, metadata prediction) and return arrays over one study's genes.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -90,30 +89,29 @@ class ModelClient:
     def usable_metadata(
         self, records: Sequence[dict[str, str]]
     ) -> tuple[list[dict[str, str]], list[list[str]]]:
-        """Records with the fields this model rejects dropped (unseen study, tissue...)."""
+        """Records with the fields this model rejects dropped (unseen study, tissue...).
+
+        One validation of every record reports each refused field (``Problem.input_field``);
+        a problem that names no field of a record is raised.
+        """
         recs = [dict(r) for r in records]
         dropped: list[list[str]] = [[] for _ in recs]
-        pattern = re.compile(r"inputs\[(\d+)\]\.metadata\.(\w+)")
-        for _ in range(8):
-            try:
-                self.model.check(
-                    {
-                        "inputs": [{"metadata": r, "num_samples": 1} for r in recs],
-                        "sampling_strategy": "mean estimation",
-                    },
-                    None,
-                )
-                return recs, dropped
-            except QueryError as exc:
-                changed = False
-                for p in exc.problems:
-                    m = pattern.match(p.location)
-                    if m and m.group(2) in recs[int(m.group(1))]:
-                        del recs[int(m.group(1))][m.group(2)]
-                        dropped[int(m.group(1))].append(m.group(2))
-                        changed = True
-                if not changed:
+        query = {
+            "inputs": [{"metadata": r, "num_samples": 1} for r in recs],
+            "sampling_strategy": "mean estimation",
+        }
+        try:
+            self.model.check(query, None)
+        except QueryError as exc:
+            for problem in exc.problems:
+                where = problem.input_field()
+                if where is None or where[1] not in recs[where[0]]:
                     raise
+                if where[1] not in dropped[where[0]]:
+                    dropped[where[0]].append(where[1])
+            for rec, fields in zip(recs, dropped, strict=True):
+                for name in fields:
+                    del rec[name]
         return recs, dropped
 
     def generate(

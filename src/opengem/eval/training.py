@@ -76,7 +76,8 @@ class QueryableModel(Protocol):
     metadata, ``"reference-conditioning"``, ``"predict-metadata"``) and returns a
     result with ``counts`` (samples x all genes) or ``classifier_probs`` (one
     ``{field: {class: probability}}`` per sample). ``check`` raises
-    :class:`opengem.contract.QueryError` for a query the model cannot take.
+    :class:`opengem.contract.QueryError` for a query the model cannot take, with every
+    problem found (not only the first few a user is shown).
     """
 
     modality: str
@@ -235,7 +236,7 @@ class TrainedModel:
         return run_query(query, self.model_id(task), self.registry)
 
     def check(self, query: dict[str, Any], task: str | None) -> None:
-        self.registry.validate(self.model_id(task), query)
+        self.registry.validate(self.model_id(task), query, max_problems=None)
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
