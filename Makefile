@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint lock clean
+.PHONY: run test test-fast lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "opengem needs Python >= 3.11; set PYTHON=python3.11")'
@@ -21,6 +21,11 @@ test: $(STAMP)
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# The quick loop: lint, then every test not marked slow (see README, Development).
+test-fast: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts

@@ -158,6 +158,7 @@ def test_combinations_and_sum_of_singles(tmp_path: Path) -> None:
         assert unit["baselines"]["sum_of_singles"]["on_target_error"] is not None
 
 
+@pytest.mark.slow  # every protocol end to end (~1 min on two cores)
 def test_all_writes_one_summary(corpus: anndata.AnnData, tmp_path: Path) -> None:
     out = tmp_path / "all"
     summary = run_all(corpus, out, trainer=fake_trainer(AdditiveModel), log=quiet)

@@ -371,4 +371,4 @@ def test_protocols_on_the_real_corpus(
     manifest = json.loads((shared_corpus / "manifest.json").read_text())
     assert metrics["corpus_checksum"] == manifest["checksum"]
     assert {u["study"] for u in metrics["units"]} == {study}
-    assert metrics["timings"]["training_seconds_total"] < 60 * metrics["n_trainings"]
+    # seconds per training: benchmarks/timed_checks.py

@@ -125,13 +125,11 @@ def test_server_answers_hostile_requests(server: str) -> None:
     assert r.headers["content-type"].startswith("application/json")
 
 
-def _seconds(query: dict[str, Any], model: str = "gem-1-bulk") -> tuple[float, QueryError]:
-    import time
-
-    start = time.perf_counter()
+def _refused(query: dict[str, Any], model: str = "gem-1-bulk") -> QueryError:
+    """The error of a refused query (how long refusing takes: benchmarks/timed_checks.py)."""
     with pytest.raises(QueryError) as err:
         validate_query(query, model)
-    return time.perf_counter() - start, err.value
+    return err.value
 
 
 def test_many_bad_inputs_stop_after_a_bounded_number_of_problems() -> None:
@@ -143,27 +141,23 @@ def test_many_bad_inputs_stop_after_a_bounded_number_of_problems() -> None:
             for i in range(20_000)
         ]
     }
-    seconds, err = _seconds(query)
+    err = _refused(query)
     assert len(err.problems) == MAX_PROBLEMS + 1
     assert "checking stopped after" in str(err.problems[-1])
-    assert seconds < 10  # bounded (the 20,000 look-ups took minutes)
 
 
 def test_huge_values_and_keys_are_refused_before_any_look_up() -> None:
     long = "x" * 1_000_000
-    seconds, err = _seconds(
+    err = _refused(
         {"inputs": [{"metadata": {"tissue_ontology_id": long, long: "y"}, "num_samples": 1}]}
     )
-    assert seconds < 5
     text = str(err)
     assert "1,000,000 characters long" in text
     assert len(text) < 2_000  # nothing echoed at length
-    seconds, err = _seconds(
-        {"inputs": [{"num_samples": 1}], **{f"k{i}": 1 for i in range(100_000)}}
-    )
-    assert seconds < 5 and len(err.problems) == 21
+    err = _refused({"inputs": [{"num_samples": 1}], **{f"k{i}": 1 for i in range(100_000)}})
+    assert len(err.problems) == 21
     pipes = {"perturbation_ontology_id": "|" * 100_000, "perturbation_type": "compound"}
-    _, err = _seconds({"inputs": [{"metadata": pipes, "num_samples": 1}]})
+    err = _refused({"inputs": [{"metadata": pipes, "num_samples": 1}]})
     assert "an input combines at most" in str(err)
 
 

@@ -78,6 +78,7 @@ def test_pseudobulk_is_the_log_of_the_mean_cpm() -> None:
     assert pseudobulk(rows[:2], 5).shape == (2, 2)  # fewer rows than pools: one each
 
 
+@pytest.mark.slow  # shares a fitted model (~1 min on two cores)
 def test_effects_are_learned_as_pseudobulk_fold_changes(cells: dict[str, Any]) -> None:
     """In shallow cells a 4x induction is ~log(4) in pseudobulk; the mean of the
     cells' logs says something else (detection rate times a large log)."""
@@ -101,6 +102,7 @@ def test_effects_are_learned_as_pseudobulk_fold_changes(cells: dict[str, Any]) -
             assert err > 0.3, "mean-of-logs effect should differ in shallow cells"
 
 
+@pytest.mark.slow  # shares a fitted model (~1 min on two cores)
 def test_reference_conditioning_moves_the_pseudobulk_by_the_planted_fold(
     cells: dict[str, Any],
 ) -> None:
@@ -139,6 +141,7 @@ def test_reference_conditioning_moves_the_pseudobulk_by_the_planted_fold(
     assert np.median(change[down]) == pytest.approx(-fold, abs=0.35)
 
 
+@pytest.mark.slow  # shares a fitted model (~1 min on two cores)
 def test_heads_read_a_gene_subset_study_as_a_query_brings_it(cells: dict[str, Any]) -> None:
     """Held-out cells of the half-gene study arrive with zeros for the genes it did not
     measure; the heads were trained on the same view and still call their tissue."""

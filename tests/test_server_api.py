@@ -9,12 +9,10 @@ DataFrames the embedded API returns for the same query and seed.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -27,6 +25,8 @@ from opengem.contract import MODEL_IDS
 from opengem.server.keys import create_key
 from opengem.server.store import open_store
 from opengem.server.testing import bundle_available, start_server
+
+from .helpers import assert_frames_equal, example
 
 pysynthbio = pytest.importorskip("pysynthbio")
 
@@ -77,25 +77,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def key(server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("SYNTHESIZE_API_KEY", server["keys"]["main"])
     return str(server["keys"]["main"])
-
-
-def example(model_id: str) -> dict[str, Any]:
-    return copy.deepcopy(opengem.get_example_query(model_id)["example_query"])
-
-
-def assert_frames_equal(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]) -> None:
-    """Frame by frame; the wide expression matrix compared as one array (pandas'
-    column-by-column comparison of 20,000 gene columns takes seconds)."""
-    assert set(got) == set(want)
-    for name in want:
-        if name == "expression":
-            a, b = got[name], want[name]
-            assert list(a.columns) == list(b.columns)
-            pd.testing.assert_index_equal(a.index, b.index)
-            assert set(a.dtypes) == set(b.dtypes) == {np.dtype(np.int64)}
-            assert np.array_equal(a.to_numpy(), b.to_numpy())
-        else:
-            pd.testing.assert_frame_equal(got[name], want[name], obj=name)
 
 
 def needs_bundle(model_id: str) -> None:
@@ -372,14 +353,12 @@ def test_fifty_concurrent_queries_all_succeed(server: dict[str, Any], key: str) 
             )
         return i, got
 
-    start = time.monotonic()
+    # how long 50 parallel clients take: benchmarks/reliability.py (--clients 50)
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(one, range(50)))
-    elapsed = time.monotonic() - start
     assert len(results) == 50
     for i, got in results:
         assert_frames_equal(got, want[i % 5])
-    assert elapsed < 120
 
 
 @pytest.mark.slow

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import opengem
 from opengem.client.embedded import predict_query as embedded_predict
 from opengem.client.remote import frames_from_json
 from opengem.server.store import QUEUED, READY, RUNNING, SQLiteJobStore
 from opengem.server.supervisor import pid_alive
 from opengem.server.testing import ServerProcess, bundle_available, start_server
+
+from .helpers import example
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,12 +33,6 @@ pytestmark = [
     ),
 ]
 NO_PG = {"OPENGEM_DATABASE_URL": ""}
-
-
-def example(model_id: str, **changes: Any) -> dict[str, Any]:
-    query = copy.deepcopy(opengem.get_example_query(model_id)["example_query"])
-    query.update(changes)
-    return query
 
 
 def big_query(samples_per_input: int = 150) -> dict[str, Any]:

@@ -7,9 +7,11 @@ installed, else skip (with the reason).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -295,8 +297,8 @@ def test_open_store_picks_sqlite_in_wal_mode(
     store = open_store(tmp_path)
     assert isinstance(store, SQLiteJobStore)
     assert store.path == tmp_path / "opengem.db"
-    mode = store._execute("PRAGMA journal_mode")[0][0]  # type: ignore[attr-defined]
-    assert mode == "wal"
+    with contextlib.closing(sqlite3.connect(store.path)) as db:  # WAL is kept in the file
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
     with pytest.raises(ValueError, match="postgresql://"):
         open_store(tmp_path, "mysql://x")

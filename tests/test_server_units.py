@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import pandas as pd
 import pytest
 
 from opengem.engine.results import ExpressionResult, MetadataResult
@@ -33,6 +32,8 @@ from opengem.server.formats import (
 from opengem.server.keys import authenticate, create_key, quota_message
 from opengem.server.signing import SECRET_FILE, UrlSigner, Verdict
 from opengem.server.store import SQLiteJobStore, open_store
+
+from .helpers import assert_frames_equal
 
 with warnings.catch_warnings():  # starlette 1.x nudges towards httpx2; httpx works the same
     warnings.simplefilter("ignore")
@@ -82,12 +83,6 @@ def metadata_result(n: int = 2) -> MetadataResult:
         gene_order=GENES,
         model_version="opengem-test",
     )
-
-
-def assert_frames_equal(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
-    assert set(a) == set(b)
-    for name in a:
-        pd.testing.assert_frame_equal(a[name], b[name], obj=name)
 
 
 # ------------------------------------------------------------------ signing

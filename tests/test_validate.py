@@ -17,11 +17,12 @@ from opengem.contract import (
     ReferenceQuery,
     SampleIdsQuery,
     UnknownModelError,
-    get_example_query,
     validate_query,
 )
 from opengem.ontology import default_gene_space
 from opengem.settings import QueryLimits
+
+from .helpers import example
 
 N_GENES = len(default_gene_space())
 BULK, SC = "gem-1-bulk", "gem-1-sc"
@@ -30,10 +31,6 @@ PRED, SC_PRED = "gem-1-bulk_predict-metadata", "gem-1-sc_predict-metadata"
 IDS = "gem-1-bulk_condition-on-sample-ids"
 
 Edit = Callable[[dict[str, Any]], None]
-
-
-def example(model_id: str) -> dict[str, Any]:
-    return get_example_query(model_id)["example_query"]
 
 
 def md(**fields: Any) -> Edit:
