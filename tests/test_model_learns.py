@@ -210,3 +210,43 @@ def test_an_unseen_compound_is_humble_and_flagged(trained: dict[str, Any]) -> No
     unseen_shift = np.abs(_log_cpm(unseen.counts)[0] - base)[:400].sum()
     assert unseen.metadata[0]["perturbation_seen"] == "false"
     assert unseen_shift < seen_shift  # shrunk toward what is known of compounds
+
+
+def test_generation_in_a_seen_study_varies_as_much_as_that_study() -> None:
+    """A study whose replicates vary 4x as much (planted) generates samples that vary
+    more than those of a quiet study, and draws no second batch on top of its own."""
+    import scipy.sparse as sp
+
+    adata, _ = synthetic_corpus(seed=3)
+    rng = np.random.default_rng(3)
+    x = adata.X.toarray()
+    noisy = (adata.obs["study"] == "synthetic_2").to_numpy()
+    x[noisy] = rng.poisson(x[noisy] * rng.lognormal(0.0, 0.6, x[noisy].shape))
+    adata.X = sp.csr_matrix(x.astype(np.int32))
+    config = TrainConfig.model_validate(
+        {
+            "modality": "bulk",
+            "model": {"latent_biological": 4, "latent_technical": 2, "latent_perturbation": 4},
+            "training": {"validation_fraction": 0.0, "seed": 0},
+        }
+    )
+    bundle = train_bundle(adata, config, None, progress=False).bundle
+    spread = bundle.model.study_spread
+    assert spread["synthetic_2"] > 2.5 * max(spread["synthetic_1"], spread["synthetic_3"])
+    predictor = Predictor(bundle)
+
+    def generated_sd(study: str) -> float:
+        metadata = {"tissue_ontology_id": LUNG, "sample_type": "primary tissue", "study": study}
+        query = validate_query(
+            {
+                "inputs": [{"metadata": metadata, "num_samples": 40}],
+                "sampling_strategy": "sample generation",
+                "total_count": 2_000_000,
+                "seed": 0,
+            },
+            "gem-1-bulk",
+        )
+        y = _log_cpm(np.asarray(predictor.predict(query).counts)[:, :400])
+        return float(y.std(axis=0).mean())
+
+    assert generated_sd("synthetic_2") > 1.3 * generated_sd("synthetic_1")

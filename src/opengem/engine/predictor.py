@@ -29,6 +29,7 @@ seed gives byte-identical results in any process; no seed, fresh randomness.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -452,8 +453,10 @@ class Predictor:
                 effect, seen = self._effect(record, base[k], full)
                 record["perturbation_seen"] = seen
                 zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
+                spread = 1.0
                 if record.get("study") in self._studies:  # its own batch is in the prior mean:
                     zt = np.zeros_like(zt)  # no second one drawn on top (same draws consumed)
+                    spread = math.sqrt(m.study_spread.get(record["study"], 1.0))  # as variable
                 # y = base + effect + zb W_bio + zt W_tech (+ noise_sd * N(0, 1) when sampling),
                 # the products as whole-input matrix products (their bits depend on the shape)
                 # and the sums in this order, row block by row block
@@ -461,8 +464,10 @@ class Predictor:
                 region = sink.region(n)  # the rows' own result memory, when free
                 bio_out = buffers.get("bio", n) if region is None else region
                 bio = np.matmul(zb, m.w_bio, out=bio_out)
+                if spread != 1.0:
+                    bio *= spread
                 tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
-                sink.add(n, library, self._baseline_rows(mean, bio, tech, noisy, rng))
+                sink.add(n, library, self._baseline_rows(mean, bio, tech, noisy, rng, spread))
                 parts_b.append(zb)
                 parts_t.append(zt)
                 parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
@@ -484,8 +489,11 @@ class Predictor:
         tech: np.ndarray,
         noisy: bool,
         rng: np.random.Generator,
+        spread: float = 1.0,
     ) -> RowFill:
         noise_sd = self.model.noise_sd[None, :]
+        if spread != 1.0:  # a seen study's own variation (GEMModel.study_spread)
+            noise_sd = noise_sd * spread
         buffer = np.empty((min(ROWS, len(bio)), bio.shape[1])) if noisy else None
 
         def fill(a: int, b: int, dst: np.ndarray) -> None:

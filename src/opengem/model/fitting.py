@@ -421,6 +421,37 @@ def _design(
     return columns, np.array(scale)
 
 
+#: a study's spread (relative to the pooled) is estimated from at least this many samples,
+#: and kept within these bounds
+SPREAD_MIN_SAMPLES = 3
+SPREAD_BOUNDS = (0.1, 10.0)
+
+
+def _study_spread(
+    studies: np.ndarray,
+    resid: np.ndarray,
+    counting: np.ndarray,
+    masks: np.ndarray,
+    group_sizes: np.ndarray,
+) -> dict[str, float]:
+    """Per study: the mean per-gene within-condition variance of its samples beyond
+    counting noise, over that of all samples (1 = as variable as the pool); residuals
+    around a mean of ``n`` samples scaled by ``n / (n - 1)``."""
+    n_genes = np.maximum(masks.sum(axis=1), 1)
+    unbiased = group_sizes / np.maximum(group_sizes - 1, 1)
+    beyond = unbiased * (resid**2).sum(axis=1) - counting.sum(axis=1)
+    beyond = np.maximum(beyond / n_genes, 0.0)
+    pooled = float(beyond.mean())
+    if pooled <= 0:
+        return {}
+    out = {}
+    for s in sorted(set(studies.tolist())):
+        rows = studies == s
+        if rows.sum() >= SPREAD_MIN_SAMPLES:
+            out[str(s)] = float(np.clip(beyond[rows].mean() / pooled, *SPREAD_BOUNDS))
+    return out
+
+
 def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` singular values and right singular vectors of a wide matrix (via its Gram)."""
     gram = x @ x.T
@@ -643,6 +674,9 @@ def fit_model(
         s_row = _row_scale(c, ref, multi)
         cpm = np.expm1(np.clip(gmeans[member[multi]], 0.0, 30.0))
         counting = np.where(c.masks(multi), s_row[:, None] * cpm / (1.0 + cpm) ** 2, 0.0)
+        model.study_spread = _study_spread(
+            c.studies[multi], resid, counting, c.masks(multi), sizes[member[multi]]
+        )
         counting = counting.sum(axis=0) / counted
         del cpm
         model.noise_sd = np.sqrt(np.maximum(var - (model.w_bio**2).sum(axis=0) - counting, 0.0))

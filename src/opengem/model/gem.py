@@ -178,6 +178,9 @@ class GEMModel:
     floor_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: mean residual variance of a variable gene outside the PCA (panel projections)
     pca_noise: float = 0.0
+    #: per training study, its within-condition variation over the pooled one (beyond
+    #: counting noise): samples generated in a seen study vary as much as its own do
+    study_spread: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._column_index = {c: i for i, c in enumerate(self.columns)}
@@ -541,6 +544,7 @@ class GEMModel:
             "combination_scale": self.combination_scale,
             "level_slope": self.level_slope,
             "pca_noise": self.pca_noise,
+            "study_spread": self.study_spread,
             "type_shrink": self.type_shrink,
             "on_target": self.on_target,
             "classifiers": {
@@ -600,6 +604,7 @@ class GEMModel:
             combination_scale=float(structure["combination_scale"]),
             level_slope=float(structure.get("level_slope", 0.0)),
             pca_noise=float(structure.get("pca_noise", 0.0)),
+            study_spread={str(k): float(v) for k, v in structure.get("study_spread", {}).items()},
             floor_fraction=f64("floor_fraction") if "floor_fraction" in arrays else np.zeros(0),
             type_effect={
                 k.split(".", 1)[1]: f32(k) for k in arrays if k.startswith("type_effect.")
