@@ -22,10 +22,11 @@ test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-# The quick loop: lint, then every test not marked slow (see README, Development).
+# The quick loop (see README, Development): lint, then the tests that are not slow and
+# need neither the shared datasets nor a browser; `make test` runs everything.
 test-fast: $(STAMP)
 	$(PY) -m ruff check src tests scripts
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not corpus and not browser"
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts

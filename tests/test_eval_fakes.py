@@ -86,6 +86,7 @@ def test_collapsed_generator_has_diversity_one(corpus: anndata.AnnData, tmp_path
         assert unit["model"]["diversity_gap"] > unit["baselines"]["condition_mean"]["diversity_gap"]
 
 
+@pytest.mark.slow  # trains (several seconds on two cores)
 def test_metadata_scoring_flags_constant_predictions(
     corpus: anndata.AnnData, tmp_path: Path
 ) -> None:

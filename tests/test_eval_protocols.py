@@ -72,6 +72,7 @@ def check_metrics(out: Path, protocol: str, baselines: set[str]) -> dict[str, An
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # trains (several seconds on two cores)
 def test_held_out_context_cli(corpus_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "hoc"
     result = CliRunner().invoke(
@@ -119,6 +120,7 @@ def _without_timings(metrics: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out))
 
 
+@pytest.mark.slow  # trains (several seconds on two cores)
 def test_two_fast_runs_give_identical_metrics(corpus_file: Path, tmp_path: Path) -> None:
     """Fixed budgets: the same command gives the same digits (timings aside)."""
     runs = [
@@ -140,6 +142,7 @@ def test_two_fast_runs_give_identical_metrics(corpus_file: Path, tmp_path: Path)
     assert "diversity" in unit["model"] and "tissue_ontology_id:accuracy_exact" in unit["model"]
 
 
+@pytest.mark.slow  # trains (several seconds on two cores)
 def test_seen_condition_api(corpus_file: Path, tmp_path: Path) -> None:
     metrics = run_protocol("seen-condition", corpus_file, tmp_path, fast=True, log=lambda s: None)
     check_metrics(tmp_path, "seen-condition", {"condition_mean"})

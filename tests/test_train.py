@@ -33,6 +33,7 @@ def corpus():  # type: ignore[no-untyped-def]
     return adata
 
 
+@pytest.mark.slow  # trains (several seconds on two cores)
 def test_same_config_gives_the_same_arrays(corpus) -> None:  # type: ignore[no-untyped-def]
     config = TrainConfig.model_validate(TINY)
     a = _arrays(train_bundle(corpus, config, None, progress=False))
@@ -91,6 +92,7 @@ def test_shipped_configs_parse_and_bad_ones_name_the_key(tmp_path: Path) -> None
         load_config(bad)
 
 
+@pytest.mark.slow  # trains (several seconds on two cores)
 def test_train_cli_writes_a_bundle_and_names_a_missing_corpus(corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "bulk.h5ad"
     corpus.write_h5ad(path)
@@ -123,6 +125,7 @@ def test_train_cli_writes_a_bundle_and_names_a_missing_corpus(corpus, tmp_path: 
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+@pytest.mark.slow  # trains (several seconds on two cores)
 def test_backed_corpus_trains_like_an_in_memory_one(corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "bulk.h5ad"
     corpus.write_h5ad(path)
