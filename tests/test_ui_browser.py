@@ -272,7 +272,11 @@ def test_baseline_two_conditions_pca_and_h5ad(
     page.type(page.one("#opt-seed"), "7")
 
     # the query JSON on the page is the query that will be sent
-    page.wait(lambda: '"CVCL_0004"' in page.text("#query-json"), "the JSON to update")
+    def settled() -> bool:  # every edit above reflected (the page updates as it goes)
+        q = json.loads(page.text("#query-json"))
+        return q.get("seed") == 7 and [i["num_samples"] for i in q["inputs"]] == [3, 2]
+
+    page.wait(settled, "the JSON to show every edit")
     shown = json.loads(page.text("#query-json"))
     assert [i["num_samples"] for i in shown["inputs"]] == [3, 2]
     assert shown["inputs"][0]["metadata"] == {
