@@ -674,9 +674,12 @@ def fit_model(
         s_row = _row_scale(c, ref, multi)
         cpm = np.expm1(np.clip(gmeans[member[multi]], 0.0, 30.0))
         counting = np.where(c.masks(multi), s_row[:, None] * cpm / (1.0 + cpm) ** 2, 0.0)
-        model.study_spread = _study_spread(
-            c.studies[multi], resid, counting, c.masks(multi), sizes[member[multi]]
-        )
+        if config.mean_space == "log":  # (a cell's residual is mostly its counting noise,
+            # which the Poisson approximation does not remove well enough to leave a
+            # study's spread; single-cell models draw no replicate noise either)
+            model.study_spread = _study_spread(
+                c.studies[multi], resid, counting, c.masks(multi), sizes[member[multi]]
+            )
         counting = counting.sum(axis=0) / counted
         del cpm
         model.noise_sd = np.sqrt(np.maximum(var - (model.w_bio**2).sum(axis=0) - counting, 0.0))
