@@ -22,6 +22,9 @@ from opengem.contract import (
     list_models,
     validate_query,
 )
+from opengem.server.config import ServerConfig  # the serve defaults (a light import)
+
+_MIB = 1024 * 1024
 
 app = typer.Typer(
     help="opengem: open generative gene-expression models (GEM-1 / pysynthbio compatible).",
@@ -419,9 +422,9 @@ def train_cmd(
 # ---------------------------------------------------------------- the server
 @app.command("serve")
 def serve_cmd(
-    host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0: every interface)"),
-    port: int = typer.Option(8000, help="TCP port"),
-    workers: int = typer.Option(1, help="worker processes that run queries"),
+    host: str = typer.Option(ServerConfig.host, help="address to bind (0.0.0.0: every interface)"),
+    port: int = typer.Option(ServerConfig.port, help="TCP port"),
+    workers: int = typer.Option(ServerConfig.workers, help="worker processes that run queries"),
     models: Path = typer.Option(
         None, "--models", help="model bundles folder (default: OPENGEM_MODELS or the shipped ones)"
     ),
@@ -436,18 +439,31 @@ def serve_cmd(
         "--auth/--no-auth",
         help="require API keys (default: on unless --host is a loopback address)",
     ),
-    max_body_mb: float = typer.Option(64.0, help="largest request body, MiB"),
-    body_timeout: float = typer.Option(
-        30.0, help="seconds a request body may stall before the request is refused (408)"
+    max_body_mb: float = typer.Option(
+        ServerConfig.max_body_bytes / _MIB, help="largest request body, MiB"
     ),
-    max_connections: int = typer.Option(512, help="concurrent connections (503 beyond)"),
+    body_timeout: float = typer.Option(
+        ServerConfig.body_timeout_s,
+        help="seconds a request body may stall before the request is refused (408)",
+    ),
+    max_connections: int = typer.Option(
+        ServerConfig.max_connections, help="concurrent connections (503 beyond)"
+    ),
     max_samples_per_query: int = typer.Option(
         None, help="most samples one query may ask for (default: OPENGEM_MAX_SAMPLES_PER_QUERY)"
     ),
-    query_timeout: float = typer.Option(600.0, help="seconds a query may run"),
-    model_idle_seconds: float = typer.Option(900.0, help="unload a model unused this long"),
-    download_ttl: int = typer.Option(3600, help="seconds a signed download URL stays valid"),
-    result_ttl_hours: float = typer.Option(168.0, help="delete finished results after this"),
+    query_timeout: float = typer.Option(
+        ServerConfig.query_timeout_s, help="seconds a query may run"
+    ),
+    model_idle_seconds: float = typer.Option(
+        ServerConfig.model_idle_s, help="unload a model unused this long"
+    ),
+    download_ttl: int = typer.Option(
+        ServerConfig.download_ttl_s, help="seconds a signed download URL stays valid"
+    ),
+    result_ttl_hours: float = typer.Option(
+        ServerConfig.result_ttl_s / 3600, help="delete finished results after this"
+    ),
     public_url: str = typer.Option(
         None, help="base URL clients use, for download links (default: the request's)"
     ),
@@ -456,9 +472,9 @@ def serve_cmd(
         help="torch threads per worker (default: torch's, so results equal the embedded "
         "API's to the last count)",
     ),
-    log_level: str = typer.Option("info", help="debug, info, warning or error"),
+    log_level: str = typer.Option(ServerConfig.log_level, help="debug, info, warning or error"),
     log_format: str = typer.Option(
-        "plain", help="plain (timestamped lines) or json (one JSON object per line)"
+        ServerConfig.log_format, help="plain (timestamped lines) or json (one JSON object per line)"
     ),
     allow_public_no_auth: bool = typer.Option(
         False,
@@ -469,7 +485,7 @@ def serve_cmd(
 ) -> None:
     """Serve the GEM-1 API (hosted and self-hosted protocols) for pysynthbio / rsynthbio."""
     from opengem.server.app import serve
-    from opengem.server.config import ServerConfig, default_data_dir, is_loopback
+    from opengem.server.config import default_data_dir, is_loopback
 
     if auth is False and not is_loopback(host) and not allow_public_no_auth:
         _fail(
@@ -488,7 +504,7 @@ def serve_cmd(
             port=port,
             workers=workers,
             auth=auth,
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_body_bytes=int(max_body_mb * _MIB),
             body_timeout_s=body_timeout,
             max_connections=max_connections,
             max_samples_per_query=(
@@ -538,7 +554,7 @@ def ui_cmd(
     data_dir: Path = typer.Option(
         None, "--data-dir", help="where queries and results go (default: a temporary folder)"
     ),
-    workers: int = typer.Option(1, help="worker processes that run queries"),
+    workers: int = typer.Option(ServerConfig.workers, help="worker processes that run queries"),
     open_browser: bool = typer.Option(
         True, "--open/--no-open", help="open the page in the default browser"
     ),
@@ -551,7 +567,6 @@ def ui_cmd(
     import webbrowser
 
     from opengem.server.app import serve
-    from opengem.server.config import ServerConfig
 
     if port == 0:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

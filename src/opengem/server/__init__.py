@@ -1,6 +1,7 @@
 """opengem's HTTP server: the GEM-1 API (hosted and self-hosted protocols) on local bundles.
 
-- :mod:`opengem.server.app`: the FastAPI routes; :func:`serve` runs them with uvicorn;
+- :mod:`opengem.server.app`: the FastAPI application (routes in :mod:`opengem.server.routes`,
+  shared state in :mod:`opengem.server.state`); :func:`serve` runs it with uvicorn;
 - :mod:`opengem.server.store`: the job store protocol, SQLite by default
   (:mod:`opengem.server.store_pg`: PostgreSQL);
 - :mod:`opengem.server.worker` / :mod:`opengem.server.supervisor`: worker processes;

@@ -39,7 +39,8 @@ from opengem.contract.fields import PERTURBATION_FIELDS, FieldKind, LatentGroup
 from opengem.contract.models import Modality
 from opengem.contract.quantities import DOSE_UNITS, TIME_UNITS
 from opengem.contract.query import DEFAULT_CONDITIONING, DEFAULT_TOTAL_COUNT, STRATEGIES
-from opengem.server.app import Key, ServerState, signed_result
+from opengem.server.routes.common import Key, signed_result
+from opengem.server.state import ServerState, State
 from opengem.server.ui_summary import MAX_SUMMARY_SAMPLES, summarise
 
 ASSETS = Path(__file__).with_name("ui_assets")
@@ -54,11 +55,6 @@ def mount_ui(app: FastAPI) -> None:
     """Serve the page at ``/`` and its assets under ``/ui/static``."""
     app.mount("/ui/static", StaticFiles(directory=ASSETS), name="ui-static")
     app.include_router(router)
-
-
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.opengem
-    return state
 
 
 @cache
@@ -100,8 +96,7 @@ def index() -> HTMLResponse:
 
 
 @router.get("/ui/api/config")
-def config(request: Request) -> dict[str, Any]:
-    state = _state(request)
+def config(state: State) -> dict[str, Any]:
     return {
         "version": opengem.__version__,
         "auth": state.config.auth_enabled,
@@ -185,9 +180,8 @@ def _labels(state: ServerState, model_id: str) -> dict[str, dict[str, str]]:
 
 @router.get("/ui/api/model-queries/{query_id}/summary")
 def summary(
-    query_id: str, request: Request, expires: str | None = None, signature: str | None = None
+    query_id: str, state: State, expires: str | None = None, signature: str | None = None
 ) -> Response:
-    state = _state(request)
     job, path = signed_result(state, query_id, expires, signature)
     if job.samples > MAX_SUMMARY_SAMPLES:
         raise HTTPException(
@@ -213,7 +207,7 @@ def summary(
 def download(
     query_id: str,
     fmt: str,
-    request: Request,
+    state: State,
     expires: str | None = None,
     signature: str | None = None,
 ) -> FileResponse:
@@ -224,7 +218,6 @@ def download(
         raise HTTPException(
             404, f"unknown download format {fmt!r}; formats: {', '.join(EXPORT_FORMATS)}"
         )
-    state = _state(request)
     job, path = signed_result(state, query_id, expires, signature)
     frames = frames_from_json(_read_result(path), job.model_id)
     handle, tmp = tempfile.mkstemp(prefix=".export-", suffix=_SUFFIX[fmt])
