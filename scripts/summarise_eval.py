@@ -35,8 +35,10 @@ HEADLINE = {
         "pearson_delta_top100",
         "cf_pearson_delta_top100",
         "direction_accuracy_top100",
+        "cf_direction_accuracy_top100",
         "cf_magnitude_ratio_top100",
         "on_target_error",
+        "cf_on_target_error",
     ],
     "held-out-study-perturbation": [
         "pearson_delta_top100",
@@ -61,6 +63,8 @@ HEADLINE = {
     "seen-condition": [
         "samplewise_pearson",
         "classifier_auc",
+        "energy_distance",
+        "sd_correlation",
         "diversity_gap",
         "spread_ratio",
     ],
