@@ -199,9 +199,9 @@ def score_perturbation_units(
             ctrls = view.lcpm(u.controls, u.study)
             truth_base = None
         targets = target_genes(u.cell.perturbation, genes)
-        prof = view.mean_of if view.pooled else None
+        profile = view.mean_of  # a set of rows' profile: their mean, or cells' pseudobulk
         scores = partial(
-            perturbation_scores, truth_base=truth_base, deg_genes=deg_genes, center=prof
+            perturbation_scores, truth_base=truth_base, deg_genes=deg_genes, center=profile
         )
         error = None
         pred: np.ndarray | None
@@ -257,21 +257,24 @@ def score_perturbation_units(
         )
         results.append(result)
         top = top_degs(ctrls, real, 100, genes=deg_genes)
-        profile = view.mean_of
         base_mean = profile(refs if truth_base is None else truth_base)  # as scored
-        pred_lfc = {n: (profile(p) - base_mean)[top] for n, p in preds.items() if n != "no_change"}
+        means = {n: profile(p) for n, p in preds.items() if n != "no_change"}
+        if pred is not None:
+            means["model"] = profile(pred)
+        pred_lfc = {n: (v - base_mean)[top] for n, v in means.items() if n != "model"}
         if pred is not None and none is not None:
-            pred_lfc = {"model": (profile(pred) - profile(none))[top], **pred_lfc}
+            pred_lfc = {"model": (means["model"] - profile(none))[top], **pred_lfc}
+        real_mean = profile(real)
         figures.append(
             {
                 "name": u.name,
-                "true_lfc": (profile(real) - base_mean)[top],
+                "true_lfc": (real_mean - base_mean)[top],
                 "pred_lfc": pred_lfc,
                 "real": {"control": ctrls, "perturbed": real},
                 "generated": {} if pred is None else {"perturbed": pred},
-                "real_mean": profile(real),
-                "gen_mean": {n: profile(p) for n, p in preds.items() if n != "no_change"}
-                | ({} if pred is None else {"model": profile(pred)}),
+                "real_mean": real_mean,
+                "gen_mean": {n: means[n] for n in means if n != "model"}
+                | ({} if pred is None else {"model": means["model"]}),
             }
         )
         best = max(
