@@ -6,8 +6,11 @@ Starts a real server (subprocess, loopback, auth off, fresh data folder), then p
 
 - p50 / p95 end-to-end latency of a 10-sample bulk query, self-hosted (one POST,
   Arrow stream back) and hosted (POST, poll the status, signed JSON download);
-- samples/s of the Arrow path for a 1,000-sample bulk query (mean estimation),
-  against the embedded API in this process for reference.
+- samples/s of the Arrow path for a 1,000-sample bulk query (mean estimation), with
+  opengem's client and with pysynthbio's (when installed), against the embedded API
+  in this process (``run_query``: validate and predict), as ratios: the runs
+  alternate (embedded, opengem client, pysynthbio), three times, and each rate is
+  the median of its three, so a busy machine moves all of them alike.
 
 Needs the bundles (``OPENGEM_MODELS`` or the shipped ones).
 """
@@ -20,8 +23,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import opengem
 from opengem.client.remote import RemoteClient
@@ -84,29 +89,53 @@ def main() -> None:
                     f"({args.requests / sum(lat) * args.concurrency:.1f} queries/s)"
                 )
 
-            times = []
+            from opengem.client.embedded import run_query
+
+            run_query(copy.deepcopy(big), "gem-1-bulk")  # load the model in this process
+            clients = {
+                "opengem client": lambda: client.predict_query(
+                    copy.deepcopy(big), "gem-1-bulk", self_hosted=True
+                )
+            }
+            try:
+                import pysynthbio
+
+                clients["pysynthbio"] = lambda: pysynthbio.predict_query(
+                    copy.deepcopy(big),
+                    model_id="gem-1-bulk",
+                    api_base_url=server.url,
+                    self_hosted=True,
+                )
+            except ImportError:
+                pass
+            times: dict[str, list[float]] = {"embedded": [], **{name: [] for name in clients}}
             for _ in range(3):
-                start = time.perf_counter()
-                frames = client.predict_query(copy.deepcopy(big), "gem-1-bulk", self_hosted=True)
-                times.append(time.perf_counter() - start)
-                assert len(frames["expression"]) == args.samples
-            best, median = min(times), statistics.median(times)
+                times["embedded"].append(timed(lambda: run_query(copy.deepcopy(big), "gem-1-bulk")))
+                for name, call in clients.items():
+                    times[name].append(timed(call, expect_rows=args.samples))
         finally:
             server.stop()
 
-    from opengem.client.embedded import run_query
-
-    run_query(copy.deepcopy(big), "gem-1-bulk")
-    start = time.perf_counter()
-    run_query(copy.deepcopy(big), "gem-1-bulk")
-    embedded = time.perf_counter() - start
+    embedded = statistics.median(times["embedded"])
     print(
-        f"{args.samples:,}-sample bulk query over the Arrow path: "
-        f"{args.samples / best:,.0f} samples/s (best of 3; median {args.samples / median:,.0f}/s; "
-        f"{best:.2f} s end to end)"
+        f"{args.samples:,}-sample bulk query, medians of 3 (alternating runs):\n"
+        f"  embedded API (this process)  {args.samples / embedded:7,.0f} samples/s"
     )
-    rate = args.samples / embedded
-    print(f"  for reference, the embedded API in this process: {rate:,.0f} samples/s")
+    for name in clients:
+        median = statistics.median(times[name])
+        print(
+            f"  Arrow path, {name:<16} {args.samples / median:7,.0f} samples/s   "
+            f"{embedded / median:.2f}x embedded   ({median:.2f} s end to end)"
+        )
+
+
+def timed(call: Callable[[], Any], expect_rows: int | None = None) -> float:
+    start = time.perf_counter()
+    out = call()
+    seconds = time.perf_counter() - start
+    if expect_rows is not None:
+        assert len(out["expression"]) == expect_rows
+    return seconds
 
 
 if __name__ == "__main__":

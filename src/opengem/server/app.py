@@ -46,7 +46,8 @@ log = logging.getLogger("opengem.server")
 
 class BodyLimitMiddleware:
     """413 for request bodies over ``max_bytes`` (declared or streamed); 408 for a body
-    that stalls ``timeout_s`` between chunks."""
+    that stalls ``timeout_s`` between chunks. Once the body is in, ``receive`` is the
+    server's own: a route waiting on a query sees the client disconnect at once."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
@@ -70,10 +71,12 @@ class BodyLimitMiddleware:
                     response = JSONResponse({"detail": self._detail()}, status_code=413)
                     await response(scope, receive, send)
                     return
-        seen = 0
+        seen, body_done = 0, False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, body_done
+            if body_done:  # what follows the body is the disconnect: no time limit on it
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.timeout_s)
             except TimeoutError:
@@ -84,6 +87,7 @@ class BodyLimitMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise HTTPException(413, self._detail())
+                body_done = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited, send)

@@ -1,8 +1,13 @@
 """Results on the wire: the result JSON (gzip) and the self-hosted Arrow IPC stream.
 
-Both are written to files atomically (temporary file, fsync, rename), so a reader
+The result JSON is written atomically (temporary file, fsync, rename), so a reader
 never sees half a result, and a worker killed mid-write leaves only a stray
-temporary file behind.
+temporary file behind. An Arrow result is streamed: the worker writes it record
+batch by record batch to a partial file named after the query and the worker
+(:meth:`ResultFiles.partial`), which the API sends on to the client as it grows,
+then renames it into place and marks the query ready; the API ends the response
+only then, so a stream whose worker died is cut off short (an error for the
+client's HTTP library), never a table that looks complete.
 
 The Arrow stream follows compat-spec §2.2. Schema metadata: ``request_type``
 (``baseline`` | ``reference_conditioned`` | ``predict_metadata``), ``model_version``
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +39,8 @@ GROUPS = ("biological", "technical", "perturbation")
 BATCH_ROWS = 256
 GZIP_LEVEL = 1
 _INT32 = np.iinfo(np.int32)
+#: values per step of the int32 check and conversion of counts (1 MiB of int32)
+_BLOCK = 1 << 18
 
 
 # ---------------------------------------------------------------- Arrow arrays
@@ -101,13 +109,31 @@ def list_array(matrix: np.ndarray, value_type: Any) -> Any:
     return pa.LargeListArray.from_arrays(offsets, values)
 
 
+def _as_int32(counts: np.ndarray) -> np.ndarray | None:
+    """``counts`` as int32 when every value fits, else None: for int64 counts one pass
+    in blocks (each block's range checked while it is in cache, then converted)."""
+    if counts.dtype == np.int32:
+        return counts
+    if counts.dtype != np.int64 or not counts.flags.c_contiguous:
+        fits = counts.size == 0 or (counts.min() >= _INT32.min and counts.max() <= _INT32.max)
+        return counts.astype(np.int32, copy=False) if fits else None
+    out = np.empty(counts.shape, dtype=np.int32)
+    src, dst = counts.reshape(-1), out.reshape(-1)
+    for a in range(0, src.size, _BLOCK):
+        block = src[a : a + _BLOCK]
+        if block.min() < _INT32.min or block.max() > _INT32.max:
+            return None
+        np.copyto(dst[a : a + _BLOCK], block, casting="unsafe")
+    return out
+
+
 def counts_array(counts: np.ndarray) -> Any:
     """Counts as list<int32> when every value fits (R reads them as integers), else int64."""
     import pyarrow as pa
 
-    fits = counts.size == 0 or (counts.min() >= _INT32.min and counts.max() <= _INT32.max)
-    if fits:
-        return list_array(counts.astype(np.int32, copy=False), pa.int32())
+    small = _as_int32(counts)
+    if small is not None:
+        return list_array(small, pa.int32())
     return list_array(counts.astype(np.int64, copy=False), pa.int64())
 
 
@@ -161,13 +187,18 @@ def arrow_table(result: Any) -> Any:
     return table.replace_schema_metadata(meta)
 
 
-def write_arrow_stream(table: Any, sink: Any) -> None:
-    """Write a table as an IPC stream, in batches a reader can consume as they arrive."""
+def write_arrow_stream(
+    table: Any, sink: Any, after_batch: Callable[[], None] | None = None
+) -> None:
+    """Write a table as an IPC stream, in batches a reader can consume as they arrive
+    (``after_batch`` runs after each one, e.g. to flush a buffered sink)."""
     import pyarrow as pa
 
     with pa.ipc.new_stream(sink, table.schema) as writer:
         for batch in table.to_batches(max_chunksize=BATCH_ROWS):
             writer.write_batch(batch)
+            if after_batch is not None:
+                after_batch()
 
 
 # ---------------------------------------------------------------------- JSON
@@ -205,9 +236,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool =
 
 
 class ResultFiles:
-    """Where finished results live: ``<data dir>/results/<query id>.json.gz | .arrows``."""
+    """Where results live: ``<data dir>/results/<query id>.json.gz | .arrows``, and the
+    partial Arrow stream a worker is writing, ``.<query id>.<worker tag>.part``."""
 
     SUFFIX: ClassVar[dict[str, str]] = {"json": ".json.gz", "arrow": ".arrows"}
+    PARTIAL = ".part"
 
     def __init__(self, data_dir: Path | str) -> None:
         self.root = Path(data_dir) / "results"
@@ -218,9 +251,20 @@ class ResultFiles:
             raise ValueError(f"bad result name {name!r}")
         return self.root / name
 
+    def name(self, job_id: str, kind: str) -> str:
+        return f"{job_id}{self.SUFFIX[kind]}"
+
+    def partial(self, job_id: str, worker_id: str) -> Path:
+        """The partial Arrow stream ``worker_id`` writes for ``job_id``: one per attempt
+        at the query, so a reader never mixes the bytes of two workers."""
+        if not job_id or "/" in job_id or "\\" in job_id or job_id.startswith("."):
+            raise ValueError(f"bad query id {job_id!r}")
+        tag = hashlib.sha256(worker_id.encode()).hexdigest()[:12]
+        return self.root / f".{job_id}.{tag}{self.PARTIAL}"
+
     def write(self, job_id: str, kind: str, result: Any) -> str:
         """Write a result in the job's format; returns the name to store with the job."""
-        name = f"{job_id}{self.SUFFIX[kind]}"
+        name = self.name(job_id, kind)
         if kind == "json":
             data = result_json_bytes(result)
 
@@ -238,6 +282,28 @@ class ResultFiles:
         atomic_write(self.path(name), write, durable=kind == "json")
         return name
 
+    def stream_arrow(self, job_id: str, worker_id: str, result: Any) -> str:
+        """Write an Arrow result batch by batch to its partial file (readable while it
+        grows), then rename it into place; returns the name to store with the job.
+
+        The bytes are those :meth:`write` writes. The table is built before the file
+        exists, so a result that cannot be converted leaves nothing to read."""
+        import pyarrow as pa
+
+        table = arrow_table(result)
+        name = self.name(job_id, "arrow")
+        part = self.partial(job_id, worker_id)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            # unbuffered: each batch reaches the file (and a reader) as it is written
+            with pa.OSFile(str(part), "wb") as sink:
+                write_arrow_stream(table, sink)
+            os.replace(part, self.path(name))
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return name
+
     def delete(self, name: str | None) -> None:
         if name:
             try:
@@ -246,17 +312,18 @@ class ResultFiles:
                 pass
 
     def sweep_temporary(self, older_than_s: float = 3600.0) -> int:
-        """Remove temporary files left by workers that died mid-write."""
+        """Remove temporary and partial files left by workers that died mid-write."""
         import time
 
         if not self.root.is_dir():
             return 0
         cutoff, removed = time.time() - older_than_s, 0
-        for tmp in self.root.glob(".*.tmp"):
-            try:
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
-                    removed += 1
-            except OSError:
-                pass
+        for pattern in (".*.tmp", f".*{self.PARTIAL}"):
+            for tmp in self.root.glob(pattern):
+                try:
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                        removed += 1
+                except OSError:
+                    pass
         return removed

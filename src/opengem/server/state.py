@@ -13,6 +13,7 @@ from opengem.server.formats import ResultFiles
 from opengem.server.signing import UrlSigner
 from opengem.server.store import JobStore, open_store
 from opengem.server.supervisor import Supervisor
+from opengem.server.wake import Wakeup
 
 if TYPE_CHECKING:  # the engine (torch) loads on first use, not when the server starts
     from opengem.engine.registry import ModelRegistry
@@ -27,6 +28,7 @@ class ServerState:
         self.store: JobStore = open_store(config.data_dir, config.resolved_database_url)
         self.signer = UrlSigner.from_data_dir(config.data_dir)
         self.files = ResultFiles(config.data_dir)
+        self.wakeup = Wakeup(config.data_dir)
         self.limits = config.query_limits()
         self.supervisor = Supervisor(config, self.store, on_idle_check=self.unload_idle)
         self._registry: ModelRegistry | None = None

@@ -37,6 +37,7 @@ from opengem.server.config import ServerConfig
 from opengem.server.formats import ResultFiles
 from opengem.server.keys import fail_and_refund
 from opengem.server.store import Job, JobStore, WorkerInfo, open_store, this_host
+from opengem.server.wake import Wakeup
 
 log = logging.getLogger("opengem.worker")
 CONFIG_ENV = "OPENGEM_SERVER_CONFIG"
@@ -83,6 +84,7 @@ class Worker:
         self.config = config
         self.store = store or open_store(config.data_dir, config.resolved_database_url)
         self.files = ResultFiles(config.data_dir)
+        self.wakeup = Wakeup(config.data_dir)
         self.registry = ModelRegistry(config.models_dir)
         self.limits = config.query_limits()
         self.worker_id = worker_id or f"{this_host()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -147,6 +149,7 @@ class Worker:
         self.beat()
         beats = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beats.start()
+        woken = self.wakeup.open()  # the API wakes us when it queues a query
         done, pause, idle_since, last_idle_check = 0, 0.01, time.monotonic(), time.monotonic()
         try:
             while not self.stopping.is_set():
@@ -162,7 +165,10 @@ class Worker:
                         if self.registry.unload_idle(self.config.model_idle_s):
                             gc.collect()
                             self.beat()
-                    self.stopping.wait(pause)
+                    if woken:
+                        self.wakeup.wait(pause)
+                    else:
+                        self.stopping.wait(pause)
                     pause = min(pause * 2, 0.1)
                     continue
                 if self.stopping.is_set():  # asked to stop while claiming
@@ -173,6 +179,7 @@ class Worker:
                 pause, idle_since = 0.01, time.monotonic()
         finally:
             self.stopping.set()
+            self.wakeup.close()
             with contextlib.suppress(Exception):
                 self.store.remove_worker(self.worker_id)
         return done
@@ -191,7 +198,10 @@ class Worker:
                 with self._deadline():
                     query = orjson.loads(job.query)
                     result = jobs.run(self.registry, job.model_id, query, self.limits)
-                    name = self.files.write(job.id, job.kind, result)
+                    if job.kind == "arrow":  # the API streams it to the client as it grows
+                        name = self.files.stream_arrow(job.id, self.worker_id, result)
+                    else:
+                        name = self.files.write(job.id, job.kind, result)
             except Shutdown:
                 self.store.release(job.id, self.worker_id)
                 log.warning("stopping: query %s goes back to the queue", job.id)

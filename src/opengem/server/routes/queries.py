@@ -3,27 +3,23 @@ Arrow) and ``GET /api/model-queries/{id}/status``."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from opengem.contract import QueryError
+from opengem.server.arrow_stream import arrow_response
 from opengem.server.formats import ARROW_STREAM, non_finite_paths, wants_arrow
-from opengem.server.keys import charge, fail_and_refund
-from opengem.server.routes.common import AUTH, BigFileResponse, Key, ModelId, error_response, iso
+from opengem.server.keys import charge
+from opengem.server.routes.common import AUTH, Key, ModelId, error_response, iso
 from opengem.server.routes.models import spec_or_404
 from opengem.server.state import ServerState, State
 from opengem.server.store import FAILED, READY, Job, seconds_to_next_week
-from opengem.server.supervisor import KILL_GRACE_S
-from opengem.server.worker import timeout_message
 
 router = APIRouter(tags=["queries"])
 
@@ -119,42 +115,10 @@ async def predict(model_id: ModelId, request: Request, key: Key, state: State) -
         key_id=key.key_id if key else None,
         samples=samples,
     )
+    state.wakeup.notify()  # an idle worker takes it now rather than at its next poll
     if not arrow:
         return JSONResponse({"modelQueryId": job_id})
-    return await _arrow_response(state, request, job_id)
-
-
-async def _arrow_response(state: ServerState, request: Request, job_id: str) -> Response:
-    config = state.config
-    deadline = time.monotonic() + config.query_timeout_s + KILL_GRACE_S + 30
-    pause = 0.005
-    while True:
-        job = await run_in_threadpool(state.store.get, job_id)
-        if job is None:
-            raise HTTPException(500, "the query disappeared from the queue")
-        if job.status in (READY, FAILED):
-            break
-        if time.monotonic() > deadline:
-            await run_in_threadpool(fail_and_refund, state.store, job_id, None, "no result in time")
-            raise HTTPException(504, timeout_message(config.query_timeout_s))
-        if await request.is_disconnected():  # nothing will be delivered: not charged
-            await run_in_threadpool(
-                fail_and_refund, state.store, job_id, None, "the client disconnected"
-            )
-            return Response(status_code=499)
-        await asyncio.sleep(pause)
-        pause = min(pause * 1.5, 0.05)
-    if job.status == FAILED:
-        message = job.message or "the query failed"
-        status = 504 if message == timeout_message(config.query_timeout_s) else 500
-        raise HTTPException(status, message)
-    name = job.result_path or ""
-    return BigFileResponse(
-        state.files.path(name),
-        media_type=ARROW_STREAM,
-        headers={"X-Model-Query-Id": job.id},
-        background=BackgroundTask(state.files.delete, name),
-    )
+    return await arrow_response(state, request, job_id)
 
 
 @router.get(
