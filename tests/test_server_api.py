@@ -9,6 +9,7 @@ DataFrames the embedded API returns for the same query and seed.
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -112,6 +113,26 @@ def test_predict_hosted_and_self_hosted_equal_embedded(
         copy.deepcopy(query), model_id=model_id, api_base_url=server["url"], self_hosted=True
     )
     assert_frames_equal(arrow, want)
+
+
+@pytest.mark.parametrize("model_id", ["gem-1-bulk", "gem-1-bulk_predict-metadata"])
+def test_streamed_arrow_bytes_are_those_of_the_embedded_result(
+    server: dict[str, Any], key: str, model_id: str
+) -> None:
+    """The worker streams its result batch by batch while the API sends it: the bytes
+    are still exactly the Arrow stream of the whole embedded result (several batches)."""
+    from opengem.client.embedded import run_query
+    from opengem.client.remote import RemoteClient
+    from opengem.server.formats import BATCH_ROWS, arrow_table, write_arrow_stream
+
+    query = example(model_id, seed=5)
+    if model_id == "gem-1-bulk":
+        for item in query["inputs"]:
+            item["num_samples"] = BATCH_ROWS + 44  # 600 samples: three record batches
+    sink = io.BytesIO()
+    write_arrow_stream(arrow_table(run_query(copy.deepcopy(query), model_id)), sink)
+    remote = RemoteClient(server["url"], api_key=key)
+    assert remote.predict_arrow(model_id, copy.deepcopy(query), raw=True) == sink.getvalue()
 
 
 def test_models_report_what_is_loaded(server: dict[str, Any], key: str) -> None:

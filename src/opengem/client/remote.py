@@ -16,6 +16,7 @@ the standard library does HTTP here; pyarrow reads Arrow streams.
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import re
 import time
@@ -141,17 +142,25 @@ def frames_from_json(payload: dict[str, Any], model_id: str) -> dict[str, pd.Dat
 
 
 def _arrow_counts(column: Any, n_genes: int | None) -> np.ndarray:
+    """A list<int> column (one list per sample, in one or more chunks) as an int64
+    matrix, converted chunk by chunk into the result (no combined copy first)."""
     import pyarrow as pa
 
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    flat = array.flatten().to_numpy(zero_copy_only=False)
-    rows = len(array)
-    width = n_genes if n_genes is not None else (flat.size // rows if rows else 0)
-    if rows and flat.size != rows * width:
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    values = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
+    rows = sum(len(c) for c in chunks)
+    total = sum(v.size for v in values)
+    width = n_genes if n_genes is not None else (total // rows if rows else 0)
+    if rows and total != rows * width:
         raise SynthesizeAPIError(
-            f"Arrow counts column is not rectangular: {flat.size} values for {rows} rows"
+            f"Arrow counts column is not rectangular: {total} values for {rows} rows"
         )
-    return flat.reshape(rows, width).astype(np.int64, copy=False)
+    out = np.empty((rows, width), dtype=np.int64)
+    start = 0
+    for chunk, flat in zip(chunks, values, strict=True):
+        out[start : start + len(chunk)] = flat.reshape(len(chunk), width)
+        start += len(chunk)
+    return out
 
 
 def frames_from_arrow(table: Any) -> dict[str, pd.DataFrame]:
@@ -287,13 +296,23 @@ class RemoteClient:
             accept=ARROW_STREAM_CONTENT_TYPE,
             timeout=SELF_HOSTED_TIMEOUT,
         ) as response:
-            if raw:
-                return _decoded(response)
-            if (response.headers.get("Content-Encoding") or "").lower() in ("gzip", "deflate"):
-                import io
+            try:
+                if raw:
+                    return _decoded(response)
+                if (response.headers.get("Content-Encoding") or "").lower() in ("gzip", "deflate"):
+                    import io
 
-                return ipc.open_stream(io.BytesIO(_decoded(response))).read_all()
-            return ipc.open_stream(response).read_all()
+                    return ipc.open_stream(io.BytesIO(_decoded(response))).read_all()
+                return ipc.open_stream(response).read_all()
+            except (http.client.HTTPException, OSError, zlib.error) as err:
+                # the server ends a stream short when the query fails mid-way (its
+                # worker died, say): the stream so far may read as a shorter table
+                raise SynthesizeAPIError(
+                    "the server's Arrow stream was cut off before its end "
+                    f"({type(err).__name__}): the query failed while its result was being "
+                    "sent (a query that fails on the server is not charged; its log says "
+                    "why), or the connection broke; run it again"
+                ) from err
 
     def predict_query(
         self,

@@ -47,7 +47,8 @@ log = logging.getLogger("opengem.server")
 class BodyLimitMiddleware:
     """413 for request bodies over ``max_bytes`` (declared or streamed); 408 for a body
     that stalls ``timeout_s`` between chunks. Once the body is in, ``receive`` is the
-    server's own: a route waiting on a query sees the client disconnect at once."""
+    server's own, without a time limit: a response streaming for minutes waits on it
+    for the client's disconnect."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
