@@ -287,6 +287,7 @@ class RemoteClient:
 
     def predict_arrow(self, model_id: str, query: dict[str, Any], raw: bool = False) -> Any:
         """The self-hosted protocol: the result as a pyarrow Table (``raw``: the stream's bytes)."""
+        import pyarrow as pa
         import pyarrow.ipc as ipc
 
         with self._open(
@@ -296,15 +297,20 @@ class RemoteClient:
             accept=ARROW_STREAM_CONTENT_TYPE,
             timeout=SELF_HOSTED_TIMEOUT,
         ) as response:
+            encoding = (response.headers.get("Content-Encoding") or "").lower()
             try:
                 if raw:
-                    return _decoded(response)
-                if (response.headers.get("Content-Encoding") or "").lower() in ("gzip", "deflate"):
+                    out = _decoded(response)
+                elif encoding in ("gzip", "deflate"):
                     import io
 
-                    return ipc.open_stream(io.BytesIO(_decoded(response))).read_all()
-                return ipc.open_stream(response).read_all()
-            except (http.client.HTTPException, OSError, zlib.error) as err:
+                    out = ipc.open_stream(io.BytesIO(_decoded(response))).read_all()
+                else:
+                    out = ipc.open_stream(response).read_all()
+                if response.length:  # http.client reads a short body without complaint
+                    raise http.client.IncompleteRead(b"", response.length)
+                return out
+            except (http.client.HTTPException, OSError, zlib.error, pa.ArrowException) as err:
                 # the server ends a stream short when the query fails mid-way (its
                 # worker died, say): the stream so far may read as a shorter table
                 raise SynthesizeAPIError(

@@ -2,11 +2,12 @@
 sent on to the client while the worker is still writing it.
 
 :func:`arrow_response` waits for the query (polling the store, and the partial file
-of the worker running it, more slowly the longer it runs) and answers
-errors before any byte of the result as HTTP errors (504 past the time limit, the
-worker's message otherwise). Once the worker's partial file has bytes it returns an
-:class:`ArrowStream`, which sends the file as it grows and ends the response only
-when the store says that worker finished the query: a worker that dies, is
+of the worker running it, more slowly the longer it runs) and answers errors
+before any byte of the result as HTTP errors (504 past the time limit, the
+worker's message otherwise). Once the worker's partial file has its header (the
+stream's length: the response's ``Content-Length``) it returns an
+:class:`ArrowStream`, which sends the file as it grows and sends its last bytes
+only when the store says that worker finished the query: a worker that dies, is
 stopped or times out mid-stream leaves the response cut off (the client's HTTP
 library raises), never a shorter stream that reads as complete; the query is then
 failed and its samples refunded. A client that goes away, before or during the
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from opengem.server.formats import ARROW_STREAM
+from opengem.server.formats import ARROW_HEADER, ARROW_STREAM, read_arrow_header
 from opengem.server.keys import fail_and_refund
 from opengem.server.state import ServerState
 from opengem.server.store import FAILED, QUEUED, READY, RUNNING, Job
@@ -41,6 +42,13 @@ CHUNK = 4 << 20
 #: polling: the partial file (a stat) every FAST_S at first, then every ~2% of the
 #: time waited, at most SLOW_S; the store every STORE_S (more often while queued)
 FAST_S, SLOW_S, STORE_S = 0.001, 0.02, 0.025
+#: bytes of a stream held back until its worker is known to have finished (its
+#: end-of-stream marker): what was sent before never reads as a complete response
+HOLD = 8
+#: sent in place of the rest of a stream that is cut off: no Arrow IPC message starts
+#: so (a negative metadata length), so even a client whose HTTP library does not check
+#: the ``Content-Length`` fails to read the stream rather than taking a shorter table
+POISON = b"\xff" * HOLD
 #: the message of a query whose worker stopped after sending part of its result
 WORKER_LOST = (
     "the worker running this query stopped while its result was being sent; "
@@ -65,14 +73,28 @@ def _open(path: Path) -> int | None:
         return None
 
 
-def _open_nonempty(path: Path) -> int | None:
-    """The file open for reading once it holds a byte, else None."""
+def _open_framed(path: Path) -> tuple[int, int | None] | None:
+    """A result file open for reading, with the stream length its header announces
+    (None: not a result file); None while the header is not there yet."""
     try:
-        if path.stat().st_size == 0:
+        if path.stat().st_size < ARROW_HEADER.size:
             return None
     except OSError:
         return None
-    return _open(path)
+    fd = _open(path)
+    if fd is None:
+        return None
+    try:
+        return fd, read_arrow_header(os.pread(fd, ARROW_HEADER.size, 0))
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def _unreadable(state: ServerState, job_id: str) -> HTTPException:
+    message = "the worker wrote a result this server cannot read (a different version?)"
+    fail_and_refund(state.store, job_id, None, message)
+    return HTTPException(500, message)
 
 
 async def arrow_response(state: ServerState, request: Request, job_id: str) -> Response:
@@ -91,10 +113,14 @@ async def arrow_response(state: ServerState, request: Request, job_id: str) -> R
             if job.status == FAILED:
                 raise _failure(state, job)
             if job.status == READY and job.result_path:
-                fd = _open(state.files.path(job.result_path))
-                if fd is None:
+                opened = _open_framed(state.files.path(job.result_path))
+                if opened is None:
                     raise HTTPException(500, "the result of the query was deleted")
-                return ArrowStream(state, job, fd, complete=True, deadline=deadline)
+                fd, length = opened
+                if length is None:
+                    os.close(fd)
+                    raise await run_in_threadpool(_unreadable, state, job_id)
+                return ArrowStream(state, job, fd, length, confirmed=True, deadline=deadline)
             # queued: poll quickly, the worker picks it up within milliseconds
             store_every = FAST_S if job.status == QUEUED else STORE_S
             store_every = min(max(store_every, (now - started) / 50), STORE_S)
@@ -107,12 +133,16 @@ async def arrow_response(state: ServerState, request: Request, job_id: str) -> R
         if job.status == RUNNING and job.worker_id:
             if part is None or part[0] != job.worker_id:
                 part = (job.worker_id, state.files.partial(job_id, job.worker_id))
-            fd = _open_nonempty(part[1])
-            if fd is not None:
+            opened = _open_framed(part[1])
+            if opened is not None:
+                fd, length = opened
                 # still that worker's query? (a dead worker's partial file stays behind)
                 job = await run_in_threadpool(state.store.get, job_id)
                 if job is not None and job.status == RUNNING and job.worker_id == part[0]:
-                    return ArrowStream(state, job, fd, complete=False, deadline=deadline)
+                    if length is None:
+                        os.close(fd)
+                        raise await run_in_threadpool(_unreadable, state, job_id)
+                    return ArrowStream(state, job, fd, length, confirmed=False, deadline=deadline)
                 os.close(fd)
                 next_store = 0.0
                 continue
@@ -123,25 +153,34 @@ async def arrow_response(state: ServerState, request: Request, job_id: str) -> R
 
 
 class ArrowStream(Response):
-    """Sends a query's Arrow result file while its worker may still be writing it."""
+    """Sends a query's result file (its Arrow stream, after the header) while its worker
+    may still be writing it; ``confirmed``: the store says the worker finished."""
 
     media_type = ARROW_STREAM
 
     def __init__(
-        self, state: ServerState, job: Job, fd: int, *, complete: bool, deadline: float
+        self,
+        state: ServerState,
+        job: Job,
+        fd: int,
+        length: int,
+        *,
+        confirmed: bool,
+        deadline: float,
     ) -> None:
         super().__init__(media_type=ARROW_STREAM, headers={"X-Model-Query-Id": job.id})
+        self.headers["content-length"] = str(length)
         self.state, self.job, self.fd = state, job, fd
-        self.complete, self.deadline = complete, deadline
+        self.confirmed, self.deadline = confirmed, deadline
         self.worker_id = job.worker_id or ""
         self.final = state.files.path(state.files.name(job.id, "arrow"))
-        self.sent = 0
+        self.pos, self.end = ARROW_HEADER.size, ARROW_HEADER.size + length
         self.worker_gone = False
         self.disconnected = asyncio.Event()
-        if complete:  # a finished result: its length is known
-            self.headers["content-length"] = str(os.fstat(fd).st_size)
-        else:
-            del self.headers["content-length"]
+
+    @property
+    def sent(self) -> int:
+        return self.pos - ARROW_HEADER.size
 
     async def _listen(self, receive: Receive) -> None:
         while True:
@@ -159,7 +198,7 @@ class ArrowStream(Response):
             await self._abort("the client disconnected", warn=False)
         except Exception:  # never a traceback mid-stream: cut the response off, refund
             log.exception("query %s: sending the Arrow result failed", self.job.id)
-            await self._abort("internal error while sending the result")
+            await self._abort("internal error while sending the result", send)
         finally:
             listener.cancel()
             with contextlib.suppress(OSError):
@@ -173,17 +212,25 @@ class ArrowStream(Response):
             if self.disconnected.is_set():
                 await self._abort("the client disconnected", warn=False)
                 return False
-            chunk = await run_in_threadpool(os.pread, self.fd, CHUNK, self.sent)
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                self.sent += len(chunk)
-                waited_since = time.monotonic()
-                continue
-            if self.complete:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return True
-            # caught up with the worker: has it finished (renamed the file into place
-            # and marked the query ready), is it still writing, or is it gone?
+            limit = self.end if self.confirmed else self.end - HOLD
+            if self.pos < limit:
+                chunk = await run_in_threadpool(
+                    os.pread, self.fd, min(CHUNK, limit - self.pos), self.pos
+                )
+                if chunk:
+                    more = self.pos + len(chunk) < self.end
+                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                    self.pos += len(chunk)
+                    waited_since = time.monotonic()
+                    if not more:
+                        return True
+                    continue
+            if self.confirmed:  # finished, yet shorter than its header says
+                await self._abort("the result file is shorter than its header says", send)
+                return False
+            # caught up with the worker (or holding back the stream's end): has it
+            # finished (renamed the file into place and marked the query ready), is it
+            # still writing, or is it gone?
             now = time.monotonic()
             if self.final.exists() or now >= next_store:
                 next_store = now + STORE_S
@@ -191,29 +238,33 @@ class ArrowStream(Response):
                 if job is not None and job.status == READY and job.worker_id == self.worker_id:
                     fd = _open(self.final)
                     if fd is None:
-                        await self._abort("the result file was deleted while being sent")
+                        await self._abort("the result file was deleted while being sent", send)
                         return False
                     os.close(self.fd)
-                    self.fd, self.complete = fd, True
+                    self.fd, self.confirmed = fd, True
                     continue
                 if job is None or job.status != RUNNING or job.worker_id != self.worker_id:
                     reason = WORKER_LOST
                     if job is not None and job.status == FAILED and job.message:
                         reason = job.message
                     self.worker_gone = True
-                    await self._abort(reason)
+                    await self._abort(reason, send)
                     return False
             if now > self.deadline:
-                await self._abort(timeout_message(self.state.config.query_timeout_s))
+                await self._abort(timeout_message(self.state.config.query_timeout_s), send)
                 return False
             await asyncio.sleep(min(max(FAST_S, (now - waited_since) / 50), SLOW_S))
 
-    async def _abort(self, reason: str, warn: bool = True) -> None:
-        """End the stream short (no terminating chunk: the client sees it cut off) and
+    async def _abort(self, reason: str, send: Send | None = None, warn: bool = True) -> None:
+        """End the response short of its ``Content-Length`` (the client sees it cut
+        off), with :data:`POISON` (when ``send`` is given) where the stream went on, and
         fail the query, refunding it (a no-op when it already failed)."""
         (log.warning if warn else log.info)(
             "query %s: Arrow stream cut off after %d bytes: %s", self.job.id, self.sent, reason
         )
+        if send is not None and self.pos + len(POISON) <= self.end:
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": POISON, "more_body": True})
         with contextlib.suppress(Exception):
             await run_in_threadpool(fail_and_refund, self.state.store, self.job.id, None, reason)
 
@@ -221,7 +272,7 @@ class ArrowStream(Response):
         """Delete the result once sent, or the partial file a lost worker left; a worker
         still writing for a client that left deletes its own (its query failed)."""
         with contextlib.suppress(OSError, ValueError):
-            if delivered or self.complete:
+            if delivered or self.confirmed:
                 self.final.unlink(missing_ok=True)
             elif self.worker_gone:
                 self.state.files.partial(self.job.id, self.worker_id).unlink(missing_ok=True)

@@ -5,9 +5,12 @@ never sees half a result, and a worker killed mid-write leaves only a stray
 temporary file behind. An Arrow result is streamed: the worker writes it record
 batch by record batch to a partial file named after the query and the worker
 (:meth:`ResultFiles.partial`), which the API sends on to the client as it grows,
-then renames it into place and marks the query ready; the API ends the response
-only then, so a stream whose worker died is cut off short (an error for the
-client's HTTP library), never a table that looks complete.
+then renames it into place and marks the query ready. The file starts with
+:data:`ARROW_HEADER` (a magic and the stream's length in bytes, measured before
+writing by a dry run that copies nothing), so the API answers with a
+``Content-Length`` from the first byte; it holds the stream's last bytes back until
+the store says the worker finished, so a stream whose worker died is cut off
+short (an error for the client's HTTP library), never a table that looks complete.
 
 The Arrow stream follows compat-spec §2.2. Schema metadata: ``request_type``
 (``baseline`` | ``reference_conditioned`` | ``predict_metadata``), ``model_version``
@@ -27,6 +30,7 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -41,6 +45,9 @@ GZIP_LEVEL = 1
 _INT32 = np.iinfo(np.int32)
 #: values per step of the int32 check and conversion of counts (1 MiB of int32)
 _BLOCK = 1 << 18
+#: what a result file holds before its Arrow stream: magic, the stream's length
+ARROW_HEADER = struct.Struct("<8sQ")
+ARROW_MAGIC = b"OGARROW1"
 
 
 # ---------------------------------------------------------------- Arrow arrays
@@ -201,6 +208,24 @@ def write_arrow_stream(
                 after_batch()
 
 
+def arrow_stream_length(table: Any) -> int:
+    """The bytes :func:`write_arrow_stream` writes for ``table``, from a dry run into a
+    sink that only counts (no buffer is copied)."""
+    import pyarrow as pa
+
+    sink = pa.MockOutputStream()
+    write_arrow_stream(table, sink)
+    return int(sink.size())
+
+
+def read_arrow_header(head: bytes) -> int | None:
+    """The stream length a result file's first bytes announce (None: not a result file)."""
+    if len(head) < ARROW_HEADER.size:
+        return None
+    magic, length = ARROW_HEADER.unpack_from(head)
+    return int(length) if magic == ARROW_MAGIC else None
+
+
 # ---------------------------------------------------------------------- JSON
 def result_json_bytes(result: Any) -> bytes:
     """The result JSON (compat-spec §4), latents as float64 so every float reads back
@@ -263,7 +288,8 @@ class ResultFiles:
         return self.root / f".{job_id}.{tag}{self.PARTIAL}"
 
     def write(self, job_id: str, kind: str, result: Any) -> str:
-        """Write a result in the job's format; returns the name to store with the job."""
+        """Write a result in the job's format, whole; returns the name to store with the
+        job (workers stream Arrow results with :meth:`stream_arrow` instead)."""
         name = self.name(job_id, kind)
         if kind == "json":
             data = result_json_bytes(result)
@@ -274,8 +300,10 @@ class ResultFiles:
 
         else:
             table = arrow_table(result)
+            length = arrow_stream_length(table)
 
             def write(fh: IO[bytes]) -> None:
+                fh.write(ARROW_HEADER.pack(ARROW_MAGIC, length))
                 write_arrow_stream(table, fh)
 
         # an Arrow result lives seconds (streamed once, then deleted): no fsync
@@ -286,18 +314,23 @@ class ResultFiles:
         """Write an Arrow result batch by batch to its partial file (readable while it
         grows), then rename it into place; returns the name to store with the job.
 
-        The bytes are those :meth:`write` writes. The table is built before the file
-        exists, so a result that cannot be converted leaves nothing to read."""
+        The file is what :meth:`write` writes. The table is built and measured before
+        the file exists, so a result that cannot be converted leaves nothing to read."""
         import pyarrow as pa
 
         table = arrow_table(result)
+        length = arrow_stream_length(table)
         name = self.name(job_id, "arrow")
         part = self.partial(job_id, worker_id)
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             # unbuffered: each batch reaches the file (and a reader) as it is written
             with pa.OSFile(str(part), "wb") as sink:
+                sink.write(ARROW_HEADER.pack(ARROW_MAGIC, length))
                 write_arrow_stream(table, sink)
+                written = sink.tell()
+            if written != ARROW_HEADER.size + length:  # the header would lie: never send it
+                raise RuntimeError(f"Arrow stream of {written} bytes, measured {length}")
             os.replace(part, self.path(name))
         except BaseException:
             part.unlink(missing_ok=True)
