@@ -24,13 +24,14 @@ import pytest
 
 from opengem.client.errors import SynthesizeAPIError
 from opengem.client.remote import RemoteClient
-from opengem.engine.results import ExpressionResult
+from opengem.engine.results import ExpressionResult, MetadataResult
 from opengem.server.config import ServerConfig
 from opengem.server.formats import (
     ARROW_HEADER,
     ARROW_MAGIC,
     ARROW_STREAM,
     BATCH_ROWS,
+    ArrowBatches,
     ResultFiles,
     arrow_table,
     counts_array,
@@ -76,17 +77,34 @@ def header(stream: bytes) -> bytes:
 
 
 # ------------------------------------------------------------------ units
-@pytest.mark.parametrize("big", [False, True])
-def test_streamed_file_holds_the_bytes_of_the_whole_table(tmp_path: Path, big: bool) -> None:
-    result = big_result()
-    if big:
-        result.counts[-1, -1] = 2**40  # the last block decides: list<int64> throughout
+def metadata_result(rows: int = 2 * BATCH_ROWS + 3) -> MetadataResult:
+    rng = np.random.default_rng(3)
+    return MetadataResult(
+        metadata=[{"sex": "male", "modality": "bulk"} for _ in range(rows)],
+        classifier_probs=[{"sex": {"female": i / rows, "male": 1 - i / rows}} for i in range(rows)],
+        latents={g: rng.standard_normal((rows, 3)).astype(np.float32) for g in ("biological",)},
+        decoder_counts=rng.integers(0, 50, size=(rows, len(GENES)), dtype=np.int64),
+        gene_order=GENES,
+        model_version="opengem-test",
+    )
+
+
+@pytest.mark.parametrize("kind", ["int32 counts", "int64 counts", "metadata", "empty", "float"])
+def test_streamed_file_holds_the_bytes_of_the_whole_table(tmp_path: Path, kind: str) -> None:
+    result: Any = metadata_result() if kind == "metadata" else big_result()
+    if kind == "int64 counts":
+        result.counts[-1, -1] = 2**40  # the last batch decides: list<int64> throughout
+    if kind == "empty":
+        result = big_result(0)
+    if kind == "float":  # not the predictor's int64: converted whole, as before
+        result.counts = result.counts.astype(np.float64)
     files = ResultFiles(tmp_path)
     name = files.stream_arrow("q1", WORKER, result)
     assert name == "q1.arrows"
-    stream = stream_bytes(result)[0]
+    stream = stream_bytes(result)[0]  # the whole table, written as before streaming
     assert files.path(name).read_bytes() == header(stream) + stream
     assert [p.name for p in files.root.iterdir()] == ["q1.arrows"]  # no partial left
+    assert ArrowBatches(result).length() == len(stream)
     assert files.write("q2", "arrow", result) == "q2.arrows"
     assert files.path("q2.arrows").read_bytes() == files.path(name).read_bytes()
 

@@ -31,7 +31,7 @@ import gzip
 import hashlib
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -100,16 +100,17 @@ def non_finite_paths(body: bytes, limit: int = 5) -> list[str]:
     return sorted(found)
 
 
-def list_array(matrix: np.ndarray, value_type: Any) -> Any:
+def list_array(matrix: np.ndarray, value_type: Any, large: bool | None = None) -> Any:
     """A (rows, width) matrix as an Arrow list array, one list per row, without copying
-    the values number by number (large_list when the values need 64-bit offsets)."""
+    the values number by number (large_list when the values need 64-bit offsets, or
+    when ``large`` says so)."""
     import pyarrow as pa
 
     matrix = np.ascontiguousarray(matrix)
     rows, width = matrix.shape
     values = pa.array(matrix.reshape(-1), type=value_type)
     total = rows * width
-    if total < 2**31:
+    if not (total >= 2**31 if large is None else large):
         offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * np.int32(width))
         return pa.ListArray.from_arrays(offsets, values)
     offsets = pa.array(np.arange(rows + 1, dtype=np.int64) * np.int64(width))
@@ -161,8 +162,12 @@ def _probs_struct(rows: list[dict[str, dict[str, float]]]) -> Any:
     return pa.array(rows, type=kind)
 
 
-def arrow_table(result: Any) -> Any:
-    """The self-hosted Arrow table of an ``ExpressionResult`` or ``MetadataResult``."""
+def _counts_of(result: Any) -> np.ndarray:
+    return result.decoder_counts if result.request_type == "predict_metadata" else result.counts
+
+
+def _table(result: Any, counts: Any) -> Any:
+    """The self-hosted Arrow table of a result, ``counts`` its counts list array."""
     import pyarrow as pa
 
     meta = {
@@ -180,18 +185,91 @@ def arrow_table(result: Any) -> Any:
             "classifier_probs": _probs_struct(result.classifier_probs),
             "latents": pa.StructArray.from_arrays(list(latents.values()), names=list(latents)),
             "metadata": _string_struct(result.metadata),
-            "decoder_sample": pa.StructArray.from_arrays(
-                [counts_array(result.decoder_counts)], names=["counts"]
-            ),
+            "decoder_sample": pa.StructArray.from_arrays([counts], names=["counts"]),
         }
     else:
-        columns = {
-            "counts": counts_array(result.counts),
-            "metadata": _string_struct(result.metadata),
-        }
+        columns = {"counts": counts, "metadata": _string_struct(result.metadata)}
         columns.update({f"{g}_latent": array for g, array in latents.items()})
     table = pa.table(columns)
     return table.replace_schema_metadata(meta)
+
+
+def arrow_table(result: Any) -> Any:
+    """The self-hosted Arrow table of an ``ExpressionResult`` or ``MetadataResult``."""
+    return _table(result, counts_array(_counts_of(result)))
+
+
+class ArrowBatches:
+    """A result's Arrow stream as its schema and record batches, the counts converted
+    to int32 one batch at a time into one reused buffer (no whole-matrix copy), so the
+    first batch can be written as soon as the range of the counts is known. Writes the
+    bytes :func:`write_arrow_stream` writes for :func:`arrow_table`."""
+
+    def __init__(self, result: Any) -> None:
+        import pyarrow as pa
+
+        counts = np.ascontiguousarray(_counts_of(result))
+        self._metadata = result.request_type == "predict_metadata"
+        self.counts: np.ndarray | None = None
+        fits = counts.dtype == np.int64 and (
+            counts.size == 0 or (counts.min() >= _INT32.min and counts.max() <= _INT32.max)
+        )
+        if not fits:  # int64 on the wire, or not int64 counts: converted whole
+            self.table = arrow_table(result)
+            self.schema = self.table.schema
+            return
+        # the int64 counts (zero-copy) stand in until each batch is converted
+        self.table = _table(result, list_array(counts, pa.int64()))
+        self.counts = counts
+        self._large = counts.size >= 2**31  # list or large_list, as the whole column
+        field = pa.field("counts", (pa.large_list if self._large else pa.list_)(pa.int32()))
+        self._at = self.table.schema.get_field_index("counts")
+        if self._metadata:
+            self._at = self.table.schema.get_field_index("decoder_sample")
+            field = pa.field("decoder_sample", pa.struct([field]))
+        self.schema = self.table.schema.set(self._at, field)
+        self._buffer = np.empty((min(BATCH_ROWS, len(counts)), counts.shape[1]), np.int32)
+
+    def batches(self, convert: bool = True) -> Iterator[Any]:
+        """The record batches (``convert=False``: the counts left unconverted, for
+        measuring the stream, whose bytes do not depend on the values). Each batch's
+        counts live in the shared buffer until the next batch is made."""
+        import pyarrow as pa
+
+        start = 0
+        for batch in self.table.to_batches(max_chunksize=BATCH_ROWS):
+            if self.counts is None:
+                yield batch
+                continue
+            n = batch.num_rows
+            block = self._buffer[:n]
+            if convert:
+                np.copyto(block, self.counts[start : start + n], casting="unsafe")
+            start += n
+            column = list_array(block, pa.int32(), large=self._large)
+            if self._metadata:
+                column = pa.StructArray.from_arrays([column], names=["counts"])
+            arrays = list(batch.columns)
+            arrays[self._at] = column
+            yield pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def write(self, sink: Any) -> None:
+        """Write the stream to ``sink``."""
+        import pyarrow as pa
+
+        with pa.ipc.new_stream(sink, self.schema) as writer:
+            for batch in self.batches():
+                writer.write_batch(batch)
+
+    def length(self) -> int:
+        """The bytes :meth:`write` writes, from a dry run into a sink that only counts."""
+        import pyarrow as pa
+
+        sink = pa.MockOutputStream()
+        with pa.ipc.new_stream(sink, self.schema) as writer:
+            for batch in self.batches(convert=False):
+                writer.write_batch(batch)
+        return int(sink.size())
 
 
 def write_arrow_stream(
@@ -318,8 +396,8 @@ class ResultFiles:
         the file exists, so a result that cannot be converted leaves nothing to read."""
         import pyarrow as pa
 
-        table = arrow_table(result)
-        length = arrow_stream_length(table)
+        stream = ArrowBatches(result)
+        length = stream.length()
         name = self.name(job_id, "arrow")
         part = self.partial(job_id, worker_id)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -327,7 +405,7 @@ class ResultFiles:
             # unbuffered: each batch reaches the file (and a reader) as it is written
             with pa.OSFile(str(part), "wb") as sink:
                 sink.write(ARROW_HEADER.pack(ARROW_MAGIC, length))
-                write_arrow_stream(table, sink)
+                stream.write(sink)
                 written = sink.tell()
             if written != ARROW_HEADER.size + length:  # the header would lie: never send it
                 raise RuntimeError(f"Arrow stream of {written} bytes, measured {length}")
