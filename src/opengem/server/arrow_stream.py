@@ -39,9 +39,11 @@ from opengem.server.worker import timeout_message
 log = logging.getLogger("opengem.server")
 #: bytes per read of the result file and per message to the client
 CHUNK = 4 << 20
-#: polling: the partial file (a stat) every FAST_S at first, then every ~2% of the
-#: time waited, at most SLOW_S; the store every STORE_S (more often while queued)
-FAST_S, SLOW_S, STORE_S = 0.001, 0.02, 0.025
+#: polling: the worker's files (a stat) every FAST_S at first, then every ~2% of the
+#: time waited, at most SLOW_S; the store as often while the query is queued (a worker
+#: takes it within milliseconds), at most every STORE_S, and every STORE_S once it runs
+#: (a failure or a lost worker) or at once when the result file appears
+FAST_S, SLOW_S, STORE_S = 0.001, 0.02, 0.05
 #: bytes of a stream held back until its worker is known to have finished (its
 #: end-of-stream marker): what was sent before never reads as a complete response
 HOLD = 8
@@ -104,6 +106,7 @@ async def arrow_response(state: ServerState, request: Request, job_id: str) -> R
     next_store, store_every = 0.0, FAST_S
     job: Job | None = None
     part: tuple[str, Path] | None = None  # (worker id, its partial file)
+    final = state.files.path(state.files.name(job_id, "arrow"))
     while True:
         now = time.monotonic()
         if job is None or now >= next_store:
@@ -121,9 +124,9 @@ async def arrow_response(state: ServerState, request: Request, job_id: str) -> R
                     os.close(fd)
                     raise await run_in_threadpool(_unreadable, state, job_id)
                 return ArrowStream(state, job, fd, length, confirmed=True, deadline=deadline)
-            # queued: poll quickly, the worker picks it up within milliseconds
-            store_every = FAST_S if job.status == QUEUED else STORE_S
-            store_every = min(max(store_every, (now - started) / 50), STORE_S)
+            store_every = STORE_S
+            if job.status == QUEUED:
+                store_every = min(max(FAST_S, (now - started) / 50), STORE_S)
             next_store = now + store_every
             if await request.is_disconnected():  # nothing will be delivered: not charged
                 await run_in_threadpool(
@@ -146,6 +149,8 @@ async def arrow_response(state: ServerState, request: Request, job_id: str) -> R
                 os.close(fd)
                 next_store = 0.0
                 continue
+            elif final.exists():  # written and renamed between two looks: ready now
+                next_store = 0.0
         if now > deadline:
             await run_in_threadpool(fail_and_refund, state.store, job_id, None, "no result in time")
             raise HTTPException(504, timeout_message(state.config.query_timeout_s))
