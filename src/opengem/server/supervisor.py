@@ -35,6 +35,7 @@ _TICK_S = 0.5
 _HOUSEKEEPING_S = 60.0
 #: results of synchronous (Arrow) queries nobody collected are deleted after this long
 ARROW_RESULT_TTL_S = 3600.0
+OPENBLAS_TIMEOUT_ENV = "OPENBLAS_THREAD_TIMEOUT"
 
 
 def pid_alive(pid: int) -> bool:
@@ -132,6 +133,11 @@ class Supervisor:
         env[CONFIG_ENV] = self.config.to_json()
         if self.config.torch_threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.config.torch_threads)
+        # OpenBLAS's idle threads spin for ~0.1 s after each call (2**28 cycles) before
+        # they sleep: after a query they would take a core from the API sending its
+        # result; 2**4 cycles lets them sleep at once (the threads, and so every bit of
+        # every result, stay the same)
+        env.setdefault(OPENBLAS_TIMEOUT_ENV, "4")
         slot.process = subprocess.Popen(
             [sys.executable, "-m", "opengem.server.worker", "--parent-pid", str(os.getpid())],
             env=env,
