@@ -100,6 +100,22 @@ def _decoded(response: Any) -> bytes:
 
 
 # ------------------------------------------------------------------ frames
+def _body(response: Any) -> Any:
+    """A response's body, read straight into one buffer when its length is known (a
+    ``Content-Length``; else as ``read()`` returns it)."""
+    length = response.length
+    if length is None:
+        return response.read()
+    body = np.empty(length, dtype=np.uint8)  # not zeroed: the socket fills it
+    view, got = body.data, 0
+    while got < length:
+        n = response.readinto(view[got:])
+        if not n:
+            raise http.client.IncompleteRead(b"", length - got)
+        got += n
+    return body
+
+
 def _counts_frame(rows: Any, gene_order: list[str] | None) -> pd.DataFrame:
     matrix = np.asarray(rows, dtype=np.int64)
     if matrix.ndim != 2:
@@ -302,11 +318,9 @@ class RemoteClient:
                 if raw:
                     out = _decoded(response)
                 elif encoding in ("gzip", "deflate"):
-                    import io
-
-                    out = ipc.open_stream(io.BytesIO(_decoded(response))).read_all()
-                else:
-                    out = ipc.open_stream(response).read_all()
+                    out = ipc.open_stream(pa.py_buffer(_decoded(response))).read_all()
+                else:  # one copy off the socket, then read in place (no copy per batch)
+                    out = ipc.open_stream(pa.py_buffer(_body(response))).read_all()
                 if response.length:  # http.client reads a short body without complaint
                     raise http.client.IncompleteRead(b"", response.length)
                 return out
