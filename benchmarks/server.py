@@ -7,10 +7,11 @@ Starts a real server (subprocess, loopback, auth off, fresh data folder), then p
 - p50 / p95 end-to-end latency of a 10-sample bulk query, self-hosted (one POST,
   Arrow stream back) and hosted (POST, poll the status, signed JSON download);
 - samples/s of the Arrow path for a 1,000-sample bulk query (mean estimation), with
-  opengem's client and with pysynthbio's (when installed), against the embedded API
-  in this process (``run_query``: validate and predict), as ratios: the runs
-  alternate (embedded, opengem client, pysynthbio), three times, and each rate is
-  the median of its three, so a busy machine moves all of them alike.
+  opengem's client and with pysynthbio's (when installed; both return DataFrames),
+  against the embedded API in this process, as ratios: ``run_query`` (validate and
+  predict: the reference) and ``predict_query`` (the same, plus the DataFrames the
+  clients return). The runs alternate, three times, and each rate is the median of
+  its three, so a busy machine moves all of them alike.
 
 Needs the bundles (``OPENGEM_MODELS`` or the shipped ones).
 """
@@ -94,7 +95,7 @@ def main() -> None:
                     f"({args.requests / sum(lat) * args.concurrency:.1f} queries/s)"
                 )
 
-            from opengem.client.embedded import run_query
+            from opengem.client.embedded import predict_query, run_query
 
             run_query(copy.deepcopy(big), "gem-1-bulk")  # load the model in this process
             clients = {
@@ -113,9 +114,17 @@ def main() -> None:
                 )
             except ImportError:
                 pass
-            times: dict[str, list[float]] = {"embedded": [], **{name: [] for name in clients}}
+            times: dict[str, list[float]] = {
+                "embedded": [],
+                "frames": [],
+                **{name: [] for name in clients},
+            }
             for _ in range(3):
                 times["embedded"].append(timed(lambda: run_query(copy.deepcopy(big), "gem-1-bulk")))
+                time.sleep(IDLE_S)
+                times["frames"].append(
+                    timed(lambda: predict_query(copy.deepcopy(big), "gem-1-bulk"), args.samples)
+                )
                 for name, call in clients.items():
                     time.sleep(IDLE_S)
                     times[name].append(timed(call, expect_rows=args.samples))
@@ -124,15 +133,18 @@ def main() -> None:
             server.stop()
 
     embedded = statistics.median(times["embedded"])
+    frames = statistics.median(times["frames"])
     print(
         f"{args.samples:,}-sample bulk query, medians of 3 (alternating runs):\n"
-        f"  embedded API (this process)  {args.samples / embedded:7,.0f} samples/s"
+        f"  embedded run_query (this process)      {args.samples / embedded:7,.0f} samples/s\n"
+        f"  embedded predict_query (DataFrames)    {args.samples / frames:7,.0f} samples/s"
     )
     for name in clients:
         median = statistics.median(times[name])
         print(
             f"  Arrow path, {name:<16} {args.samples / median:7,.0f} samples/s   "
-            f"{embedded / median:.2f}x embedded   ({median:.2f} s end to end)"
+            f"{embedded / median:.2f}x run_query, {frames / median:.2f}x predict_query   "
+            f"({median:.2f} s end to end, DataFrames out)"
         )
 
 
