@@ -8,9 +8,10 @@ worker's message otherwise). Once the worker's partial file has its header (the
 stream's length: the response's ``Content-Length``) it returns an
 :class:`ArrowStream`, which sends the file as it grows and sends its last bytes
 only when the store says that worker finished the query: a worker that dies, is
-stopped or times out mid-stream leaves the response cut off (the client's HTTP
-library raises), never a shorter stream that reads as complete; the query is then
-failed and its samples refunded. A client that goes away, before or during the
+stopped or times out mid-stream leaves the response cut off short of its length,
+after bytes no Arrow reader takes for a message (so the client's HTTP library or
+its Arrow reader raises), never a shorter stream that reads as complete; the query
+is then failed and its samples refunded. A client that goes away, before or during the
 stream, is refunded too (unless its query had already finished).
 """
 
