@@ -195,6 +195,14 @@ if set(DRAWS) != set(STRATEGIES):  # a strategy added to the contract needs its 
 
 #: ``fill(a, b, dst)``: rows ``a:b`` of one input's log expression into ``dst``
 RowFill = Callable[[int, int, np.ndarray], None]
+#: ``rows(done)``: the first ``done`` rows of the result's counts are final
+RowsDone = Callable[[int], None]
+#: ``on_start(result, bound)``, opt-in (:meth:`Predictor.predict`): called once an
+#: expression result is known but for its counts (``result.counts`` is the buffer they
+#: are decoded into, in row order), before the first row is decoded; ``bound`` is
+#: what no count can exceed (None: not bounded, the counts are drawn). It may return a
+#: :data:`RowsDone` that the decoding calls as rows become final.
+OnStart = Callable[[ExpressionResult, "int | None"], "RowsDone | None"]
 
 
 class CountSink:
@@ -218,6 +226,8 @@ class CountSink:
         self._step = np.empty((min(ROWS, max(n_rows, 1)), n_genes))
         self._scratch = np.empty_like(self._step)
         self._next = 0
+        #: called with the number of leading rows whose counts are final (opt-in)
+        self.on_rows: RowsDone | None = None
 
     def region(self, n: int) -> np.ndarray | None:
         """Where the next ``n`` rows' counts will go, as float64 scratch for their
@@ -239,6 +249,8 @@ class CountSink:
                 step = self._step[: b - a]
                 fill(a, b, step)
                 self._decode(step, start + a, start + b)
+                if self.on_rows is not None:
+                    self.on_rows(start + b)
 
     def _decode(self, y: np.ndarray, a: int, b: int) -> None:
         step = self._step[: b - a]
@@ -252,8 +264,20 @@ class CountSink:
             for a in range(0, len(self.counts), ROWS):
                 b = min(len(self.counts), a + ROWS)
                 self._decode(self._y[a:b], a, b)
+                if self.on_rows is not None:
+                    self.on_rows(b)
             self._y = None
         return self.counts
+
+    def bound(self, libraries: Sequence[float]) -> int | None:
+        """What no count can exceed when the rows' libraries are ``libraries``: a
+        strategy that draws none rounds expected counts (each at most its row's
+        library) keeping the row's total, so a count is at most the library + 2; one
+        that draws is not bounded (None)."""
+        top = max(libraries, default=0.0)
+        if self.draw.random or not math.isfinite(top):
+            return None
+        return math.ceil(top) + 2
 
 
 def output_metadata(
@@ -414,26 +438,54 @@ class Predictor:
         return (effects @ basis.T).astype(np.float32) if basis.size else np.zeros((len(effects), 0))
 
     # -------------------------------------------------------------------- tasks
-    def predict(self, query: Query) -> ExpressionResult | MetadataResult:
+    def predict(
+        self, query: Query, on_start: OnStart | None = None
+    ) -> ExpressionResult | MetadataResult:
+        """The result of ``query``. ``on_start`` (opt-in, see :data:`OnStart`) lets a
+        caller use an expression result's rows while later ones are decoded (a
+        metadata prediction never calls it); the counts are the same with or without."""
         rng = np.random.default_rng(query.seed)
         if isinstance(query, BaselineQuery):
-            return self._baseline(query, rng)
+            return self._baseline(query, rng, on_start)
         if isinstance(query, ReferenceQuery):
             refs: list[tuple[np.ndarray | None, dict[str, Any] | None]] = [
                 (np.asarray(i.counts, dtype=np.float64), None) for i in query.inputs
             ]
-            return self._conditioned(query, refs, rng)
+            return self._conditioned(query, refs, rng, on_start)
         if isinstance(query, SampleIdsQuery):
             return self._conditioned(
                 query,
                 [(None, self._stored(i.sample_ids, n)) for n, i in enumerate(query.inputs)],
                 rng,
+                on_start,
             )
         if isinstance(query, PredictMetadataQuery):
             return self._predict_metadata(query, rng)
         raise TypeError(f"unsupported query type {type(query).__name__}")
 
-    def _baseline(self, query: BaselineQuery, rng: np.random.Generator) -> ExpressionResult:
+    @staticmethod
+    def _decode(
+        sink: CountSink,
+        adds: list[Callable[[], None]],
+        result: ExpressionResult,
+        libraries: Sequence[float],
+        on_start: OnStart | None,
+    ) -> ExpressionResult:
+        """Decode the counts of ``result`` (its counts are the sink's): the inputs'
+        deferred additions (``adds``: a strategy that draws none adds its inputs once
+        every input is prepared; it draws nothing while adding, so the stream of draws
+        is the same), after ``on_start`` has seen the result."""
+        if on_start is not None:
+            sink.on_rows = on_start(result, sink.bound(libraries))
+        for add in adds:
+            add()
+        sink.finish()
+        sink.on_rows = None
+        return result
+
+    def _baseline(
+        self, query: BaselineQuery, rng: np.random.Generator, on_start: OnStart | None = None
+    ) -> ExpressionResult:
         m = self.model
         records = [dict(i.metadata) for i in query.inputs]
         base = m.prior_mean(records)
@@ -447,6 +499,7 @@ class Predictor:
             sum(i.num_samples for i in query.inputs), m.n_genes, query.sampling_strategy, rng
         )
         library = float(query.total_count)
+        adds: list[Callable[[], None]] = []
         with _borrowed(self._buffers) as buffers:
             for k, (item, record) in enumerate(zip(query.inputs, records, strict=True)):
                 n = item.num_samples
@@ -461,26 +514,39 @@ class Predictor:
                 # the products as whole-input matrix products (their bits depend on the shape)
                 # and the sums in this order, row block by row block
                 mean = base[k][None, :] + effect[None, :]
-                region = sink.region(n)  # the rows' own result memory, when free
-                bio_out = buffers.get("bio", n) if region is None else region
-                bio = np.matmul(zb, m.w_bio, out=bio_out)
-                if spread != 1.0:
-                    bio *= spread
-                tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
-                sink.add(n, library, self._baseline_rows(mean, bio, tech, noisy, rng, spread))
+
+                def add(
+                    n: int = n,
+                    zb: np.ndarray = zb,
+                    zt: np.ndarray = zt,
+                    mean: np.ndarray = mean,
+                    spread: float = spread,
+                ) -> None:
+                    region = sink.region(n)  # the rows' own result memory, when free
+                    bio_out = buffers.get("bio", n) if region is None else region
+                    bio = np.matmul(zb, m.w_bio, out=bio_out)
+                    if spread != 1.0:
+                        bio *= spread
+                    tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
+                    sink.add(n, library, self._baseline_rows(mean, bio, tech, noisy, rng, spread))
+
+                if sink.draw.random:  # its noise is drawn while adding: input by input
+                    add()
+                else:
+                    adds.append(add)
                 parts_b.append(zb)
                 parts_t.append(zt)
                 parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
                 rows += [record] * n
-        counts = sink.finish()
-        return ExpressionResult(
-            counts,
-            self._metadata(rows),
-            self._latents(parts_b, parts_t, parts_p),
-            list(self.genes.gene_ids),
-            self.bundle.model_version,
-            "baseline",
-        )
+            result = ExpressionResult(
+                sink.counts,
+                self._metadata(rows),
+                self._latents(parts_b, parts_t, parts_p),
+                list(self.genes.gene_ids),
+                self.bundle.model_version,
+                "baseline",
+            )
+            return self._decode(sink, adds, result, [library], on_start)
 
     def _baseline_rows(
         self,
@@ -563,6 +629,7 @@ class Predictor:
         query: ReferenceQuery | SampleIdsQuery,
         refs: list[tuple[np.ndarray | None, dict[str, Any] | None]],
         rng: np.random.Generator,
+        on_start: OnStart | None = None,
     ) -> ExpressionResult:
         m = self.model
         conditioned = set(query.conditioning)
@@ -573,6 +640,8 @@ class Predictor:
         full = np.ones(m.n_genes, dtype=bool)
         items: Sequence[ReferenceInput | SampleIdsInput] = query.inputs
         sink = CountSink(sum(i.num_samples for i in items), m.n_genes, query.sampling_strategy, rng)
+        adds: list[Callable[[], None]] = []
+        libraries: list[float] = []
         with _borrowed(self._buffers) as buffers:
             for item, (counts, stored) in zip(items, refs, strict=True):
                 record = dict(item.metadata)
@@ -592,17 +661,15 @@ class Predictor:
                 # y = y0 [- zt0 W_tech + zt W_tech] [- zb0 W_bio + zb W_bio] + effect, in this
                 # order, the products as whole-input matrix products (as :meth:`_baseline`)
                 start = y0[None, :]
-                tech = bio = bio0 = None
-                if "technical" not in conditioned:  # redraw the batch: replace its projection
+                redraw_tech = "technical" not in conditioned
+                redraw_bio = "biological" not in conditioned
+                bio0 = None
+                if redraw_tech:  # redraw the batch: replace its projection
                     start = start - zt0 @ m.w_tech
-                    tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
                 else:
                     zt = np.repeat(zt0, n, axis=0)
-                if "biological" not in conditioned:
+                if redraw_bio:
                     bio0 = zb0 @ m.w_bio
-                    region = sink.region(n)  # the rows' own result memory, when free
-                    bio_out = buffers.get("bio", n) if region is None else region
-                    bio = np.matmul(zb, m.w_bio, out=bio_out)
                 else:
                     zb = np.repeat(zb0, n, axis=0)
                 effect, seen = self._effect(
@@ -610,20 +677,46 @@ class Predictor:
                 )
                 record["perturbation_seen"] = seen
                 total = float(query.total_count) if query.fixed_total_count else ref_library
-                sink.add(n, total, _conditioned_rows(start, tech, bio0, bio, effect, mask))
+                libraries.append(total)
+
+                def add(
+                    n: int = n,
+                    zb: np.ndarray = zb,
+                    zt: np.ndarray = zt,
+                    start: np.ndarray = start,
+                    bio0: np.ndarray | None = bio0,
+                    effect: np.ndarray = effect,
+                    mask: np.ndarray = mask,
+                    total: float = total,
+                    redraw_tech: bool = redraw_tech,
+                    redraw_bio: bool = redraw_bio,
+                ) -> None:
+                    tech = bio = None
+                    if redraw_tech:
+                        tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
+                    if redraw_bio:
+                        region = sink.region(n)  # the rows' own result memory, when free
+                        bio_out = buffers.get("bio", n) if region is None else region
+                        bio = np.matmul(zb, m.w_bio, out=bio_out)
+                    sink.add(n, total, _conditioned_rows(start, tech, bio0, bio, effect, mask))
+
+                if sink.draw.random:  # as in :meth:`_baseline`
+                    add()
+                else:
+                    adds.append(add)
                 parts_b.append(zb)
                 parts_t.append(zt)
                 parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
                 rows += [record] * n
-        counts_out = sink.finish()
-        return ExpressionResult(
-            counts_out,
-            self._metadata(rows),
-            self._latents(parts_b, parts_t, parts_p),
-            list(self.genes.gene_ids),
-            self.bundle.model_version,
-            "reference_conditioned",
-        )
+            result = ExpressionResult(
+                sink.counts,
+                self._metadata(rows),
+                self._latents(parts_b, parts_t, parts_p),
+                list(self.genes.gene_ids),
+                self.bundle.model_version,
+                "reference_conditioned",
+            )
+            return self._decode(sink, adds, result, libraries, on_start)
 
     def _predict_metadata(
         self, query: PredictMetadataQuery, rng: np.random.Generator

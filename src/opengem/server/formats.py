@@ -205,15 +205,21 @@ class ArrowBatches:
     first batch can be written as soon as the range of the counts is known. Writes the
     bytes :func:`write_arrow_stream` writes for :func:`arrow_table`."""
 
-    def __init__(self, result: Any) -> None:
+    def __init__(self, result: Any, fits: bool | None = None) -> None:
+        """``fits=True``: the int64 counts are known to fit int32 (e.g. not decoded yet,
+        but bounded): not checked whole, each batch is checked as it is converted."""
         import pyarrow as pa
 
         counts = np.ascontiguousarray(_counts_of(result))
         self._metadata = result.request_type == "predict_metadata"
         self.counts: np.ndarray | None = None
-        fits = counts.dtype == np.int64 and (
-            counts.size == 0 or (counts.min() >= _INT32.min and counts.max() <= _INT32.max)
-        )
+        if fits is None:
+            fits = counts.dtype == np.int64 and (
+                counts.size == 0 or (counts.min() >= _INT32.min and counts.max() <= _INT32.max)
+            )
+            self._check = False
+        else:
+            fits = self._check = fits and counts.dtype == np.int64
         if not fits:  # int64 on the wire, or not int64 counts: converted whole
             self.table = arrow_table(result)
             self.schema = self.table.schema
@@ -230,10 +236,13 @@ class ArrowBatches:
         self.schema = self.table.schema.set(self._at, field)
         self._buffer = np.empty((min(BATCH_ROWS, len(counts)), counts.shape[1]), np.int32)
 
-    def batches(self, convert: bool = True) -> Iterator[Any]:
+    def batches(
+        self, convert: bool = True, ready: Callable[[int], None] | None = None
+    ) -> Iterator[Any]:
         """The record batches (``convert=False``: the counts left unconverted, for
         measuring the stream, whose bytes do not depend on the values). Each batch's
-        counts live in the shared buffer until the next batch is made."""
+        counts live in the shared buffer until the next batch is made. ``ready(rows)``
+        returns once the first ``rows`` rows' counts are final (they are read then)."""
         import pyarrow as pa
 
         start = 0
@@ -244,7 +253,16 @@ class ArrowBatches:
             n = batch.num_rows
             block = self._buffer[:n]
             if convert:
-                np.copyto(block, self.counts[start : start + n], casting="unsafe")
+                if ready is not None:
+                    ready(start + n)
+                source = self.counts[start : start + n]
+                if (
+                    self._check
+                    and source.size
+                    and (source.min() < _INT32.min or source.max() > _INT32.max)
+                ):  # the bound was wrong: never send a wrapped count
+                    raise ValueError("a count does not fit the Arrow stream's int32")
+                np.copyto(block, source, casting="unsafe")
             start += n
             column = list_array(block, pa.int32(), large=self._large)
             if self._metadata:
@@ -253,12 +271,12 @@ class ArrowBatches:
             arrays[self._at] = column
             yield pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
-    def write(self, sink: Any) -> None:
-        """Write the stream to ``sink``."""
+    def write(self, sink: Any, ready: Callable[[int], None] | None = None) -> None:
+        """Write the stream to ``sink`` (``ready``: as :meth:`batches`)."""
         import pyarrow as pa
 
         with pa.ipc.new_stream(sink, self.schema) as writer:
-            for batch in self.batches():
+            for batch in self.batches(ready=ready):
                 writer.write_batch(batch)
 
     def length(self) -> int:
@@ -388,15 +406,24 @@ class ResultFiles:
         atomic_write(self.path(name), write, durable=kind == "json")
         return name
 
-    def stream_arrow(self, job_id: str, worker_id: str, result: Any) -> str:
+    def stream_arrow(
+        self,
+        job_id: str,
+        worker_id: str,
+        result: Any,
+        stream: ArrowBatches | None = None,
+        ready: Callable[[int], None] | None = None,
+    ) -> str:
         """Write an Arrow result batch by batch to its partial file (readable while it
         grows), then rename it into place; returns the name to store with the job.
 
         The file is what :meth:`write` writes. The table is built and measured before
-        the file exists, so a result that cannot be converted leaves nothing to read."""
+        the file exists, so a result that cannot be converted leaves nothing to read.
+        ``stream`` and ``ready`` (:class:`RowStream`): batches of a result whose counts
+        are still being decoded, each written once ``ready`` says its rows are final."""
         import pyarrow as pa
 
-        stream = ArrowBatches(result)
+        stream = stream or ArrowBatches(result)
         length = stream.length()
         name = self.name(job_id, "arrow")
         part = self.partial(job_id, worker_id)
@@ -405,7 +432,7 @@ class ResultFiles:
             # unbuffered: each batch reaches the file (and a reader) as it is written
             with pa.OSFile(str(part), "wb") as sink:
                 sink.write(ARROW_HEADER.pack(ARROW_MAGIC, length))
-                stream.write(sink)
+                stream.write(sink, ready)
                 written = sink.tell()
             if written != ARROW_HEADER.size + length:  # the header would lie: never send it
                 raise RuntimeError(f"Arrow stream of {written} bytes, measured {length}")
@@ -438,3 +465,96 @@ class ResultFiles:
                 except OSError:
                     pass
         return removed
+
+
+#: counts up to this bound fit the Arrow stream's int32 (a result's counts go out as
+#: int64 when any needs it, which is known only once all are decoded)
+INT32_MAX = int(_INT32.max)
+
+
+class RowStream:
+    """An Arrow result streamed while the engine still decodes its counts: a thread
+    writes each record batch (:meth:`ResultFiles.stream_arrow`) as soon as the engine
+    reports its rows final (:meth:`rows`, the engine's ``RowsDone``), so decoding,
+    conversion, writing and the API's send overlap. Only for an expression result
+    whose counts are bounded within int32 (the schema, written first, says int32):
+    everything else in the stream (schema, metadata, latents, the length) is known
+    before decoding starts. The bytes are those of the whole result's stream.
+
+    :meth:`finish` (after the prediction) returns the result's name; :meth:`abort`
+    (the prediction failed) stops the thread and removes the partial file, so the
+    API cuts the response off, as for any worker failing mid-stream."""
+
+    def __init__(self, files: ResultFiles, job_id: str, worker_id: str, result: Any) -> None:
+        import threading
+
+        self._total = len(result.counts)
+        self._done = 0
+        self._aborted = False
+        self._wanted = min(BATCH_ROWS, self._total)
+        self._cond = threading.Condition()
+        self._name: str | None = None
+        self._error: BaseException | None = None
+        self._files, self._job_id, self._worker_id, self._result = files, job_id, worker_id, result
+        self._thread = threading.Thread(target=self._write, name="arrow-rows", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def fits(result: Any, bound: int | None) -> bool:
+        """Whether a result the engine has started (``bound``: what no count exceeds)
+        can be streamed this way."""
+        return (
+            bound is not None
+            and bound <= INT32_MAX
+            and getattr(result, "request_type", "") != "predict_metadata"
+            and getattr(result.counts, "dtype", None) == np.int64
+        )
+
+    def rows(self, done: int) -> None:
+        """The first ``done`` rows' counts are final (called by the decoding thread)."""
+        if done < self._wanted and done < self._total:
+            return
+        with self._cond:
+            self._done = done
+            self._cond.notify()
+
+    def _ready(self, rows: int) -> None:
+        with self._cond:
+            self._wanted = rows
+            while self._done < rows:
+                if self._aborted:
+                    raise _Aborted
+                self._cond.wait()
+
+    def _write(self) -> None:
+        try:
+            stream = ArrowBatches(self._result, fits=True)  # built here: decoding goes on
+            self._name = self._files.stream_arrow(
+                self._job_id, self._worker_id, self._result, stream, self._ready
+            )
+        except _Aborted:
+            pass
+        except BaseException as exc:  # reported by finish()
+            self._error = exc
+
+    def finish(self) -> str:
+        """Wait for the last batch; the name to store with the job."""
+        self.rows(self._total)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._name is not None
+        return self._name
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify()
+        self._thread.join()
+        if self._name is not None:  # it had finished: the file is not the job's now
+            self._files.delete(self._name)
+        self._files.partial(self._job_id, self._worker_id).unlink(missing_ok=True)
+
+
+class _Aborted(Exception):
+    """The prediction a :class:`RowStream` was waiting on failed."""

@@ -34,7 +34,7 @@ import orjson
 
 from opengem.contract import QueryError, UnknownModelError
 from opengem.server.config import ServerConfig
-from opengem.server.formats import ResultFiles
+from opengem.server.formats import ResultFiles, RowStream
 from opengem.server.keys import fail_and_refund
 from opengem.server.store import Job, JobStore, WorkerInfo, open_store, this_host
 from opengem.server.wake import Wakeup
@@ -197,10 +197,10 @@ class Worker:
             try:
                 with self._deadline():
                     query = orjson.loads(job.query)
-                    result = jobs.run(self.registry, job.model_id, query, self.limits)
                     if job.kind == "arrow":  # the API streams it to the client as it grows
-                        name = self.files.stream_arrow(job.id, self.worker_id, result)
+                        name = self._run_arrow(job, query)
                     else:
+                        result = jobs.run(self.registry, job.model_id, query, self.limits)
                         name = self.files.write(job.id, job.kind, result)
             except Shutdown:
                 self.store.release(job.id, self.worker_id)
@@ -240,6 +240,32 @@ class Worker:
                 )
         finally:
             self.current = None
+
+    def _run_arrow(self, job: Job, query: Any) -> str:
+        """Run an Arrow query, its record batches written while later rows are still
+        being decoded when the engine can say upfront that its counts fit the stream's
+        int32 (:class:`RowStream`), else once the result is whole; the result's name."""
+        from opengem.server import jobs
+
+        normalised = jobs.validate_for_model(self.registry, job.model_id, query, self.limits)
+        predictor = self.registry.predictor(job.model_id)
+        streams: list[RowStream] = []
+
+        def on_start(result: Any, bound: int | None) -> Any:
+            if not RowStream.fits(result, bound):
+                return None
+            streams.append(RowStream(self.files, job.id, self.worker_id, result))
+            return streams[0].rows
+
+        try:
+            result = predictor.predict(normalised, on_start=on_start)
+            if streams:
+                return streams[0].finish()
+        except BaseException:  # a failure, a time-out, a shutdown: no stream left behind
+            for stream in streams:
+                stream.abort()
+            raise
+        return self.files.stream_arrow(job.id, self.worker_id, result)
 
     def _fail(self, job: Job, message: str) -> None:
         log.info("query %s failed: %s", job.id, message)
