@@ -100,8 +100,14 @@ def test_metadata_scoring_flags_constant_predictions(
         assert "study" not in md["scored"]
         assert unit["model"]["fields_predicted_constant"] == 2
         assert unit["model"]["tissue_ontology_id:balanced_accuracy"] == 0.5
-        # the baseline reads the expression
+        # the baselines read the expression: refitted on the study's genes, and fitted
+        # once on every gene (the same here, where every study measures every gene)
         assert unit["baselines"]["logistic_pca"]["tissue_ontology_id:accuracy"] > 0.9
+        fixed = unit["baselines"]["logistic_pca_fixed"]
+        assert fixed["tissue_ontology_id:accuracy"] > 0.9
+        assert fixed["metadata_accuracy"] == pytest.approx(
+            unit["baselines"]["logistic_pca"]["metadata_accuracy"], abs=0.1
+        )
 
 
 def test_fit_and_held_out_perturbation_units(corpus: anndata.AnnData, tmp_path: Path) -> None:

@@ -134,7 +134,9 @@ def test_two_fast_runs_give_identical_metrics(corpus_file: Path, tmp_path: Path)
         )
         for i in range(2)
     ]
-    check_metrics(tmp_path / "run0", "held-out-study", {"logistic_pca", "condition_mean"})
+    check_metrics(
+        tmp_path / "run0", "held-out-study", {"logistic_pca", "logistic_pca_fixed", "condition_mean"}
+    )
     assert runs[0]["n_trainings"] == 1 and runs[0]["trainings"][0]["budget"]
     assert _without_timings(runs[0]) == _without_timings(runs[1])
     unit = runs[0]["units"][0]
@@ -345,7 +347,11 @@ def test_a_baseline_of_a_few_units_is_compared_on_those_units() -> None:
             "airway",  # donors are its contexts (match_group)
             {"no_change", "additive_shift", "train_mean"},
         ),
-        ("held-out-study", "gse147507_covid_lung", {"logistic_pca", "condition_mean"}),
+        (
+            "held-out-study",
+            "gse147507_covid_lung",
+            {"logistic_pca", "logistic_pca_fixed", "condition_mean"},
+        ),
         ("fit", "gse89888_t47d_e2", {"no_change", "additive_in_sample"}),
         ("seen-condition", "airway", {"condition_mean"}),
     ],

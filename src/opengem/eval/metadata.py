@@ -1,7 +1,11 @@
 """Metadata prediction of held-out samples: the model and logistic regression on PCA.
 
 For each field the model predicts, every held-out sample with a truth is scored
-(:func:`opengem.eval.scoring.metadata_field_scores`). The headline
+(:func:`opengem.eval.scoring.metadata_field_scores`). The baseline
+``logistic_pca`` is refitted for each scored study on the genes that study measured
+(what a user with that one dataset would do); ``logistic_pca_fixed`` (on request) is
+fitted once per training on every gene and predicts from the counts alone, as a
+classifier shipped before the query is seen must. The headline
 ``metadata_<metric>`` averages the *informative* fields only: a field constant in
 the training data (fewer than two classes) is trivial and listed, not averaged;
 ``study`` is never scored (a held-out study is not a class by design).
@@ -45,12 +49,17 @@ def score_metadata(
     fitted: np.ndarray,
     study: str,
     fields: Sequence[str] | None = None,
-) -> tuple[dict[str, float], dict[str, float], dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    fixed: dict[str, Any] | None = None,
+) -> tuple[
+    dict[str, float], dict[str, dict[str, float]], dict[str, Any], dict[str, list[dict[str, Any]]]
+]:
     """Model and baseline metadata metrics of ``rows`` (genes of ``study``).
 
-    Returns the model's metrics, the baseline's (``field:metric`` and headline
-    ``metadata_metric``), unit info (scored counts, trivial fields, unreachable
-    truths, fields predicted constant) and calibration figure data.
+    Returns the model's metrics, each baseline's (``field:metric`` and headline
+    ``metadata_metric``; ``logistic_pca``, plus ``logistic_pca_fixed`` when
+    ``fixed`` is given: a dict, one per training, caching its fitted classifiers),
+    unit info (scored counts, trivial fields, unreachable truths, fields predicted
+    constant) and calibration figure data.
     """
     genes = view.genes_of(study)
     counts = view.counts(rows)
@@ -66,12 +75,15 @@ def score_metadata(
     test_l = m.log_cpm(counts[:, genes])
     model_md: dict[str, dict[str, float]] = {}
     lr_md: dict[str, dict[str, float]] = {}
+    fixed_md: dict[str, dict[str, float]] = {}
     info: dict[str, Any] = {
         "scored": {},
         "trivial_fields": [],
         "unreachable": {},
         "constant_prediction": {"model": [], "logistic_pca": []},
     }
+    if fixed is not None:
+        info["constant_prediction"]["logistic_pca_fixed"] = []
     calibration: dict[str, list[dict[str, Any]]] = {"model": [], "logistic_pca": []}
     for f in model_fields:
         truth = view.values(f)[rows].tolist()
@@ -101,6 +113,20 @@ def score_metadata(
             calibration["logistic_pca"].append(
                 {"confidence": lr_scores.confidence, "correct": lr_scores.correct}
             )
+            if fixed is not None:
+                if f not in fixed:
+                    if "__lcpm__" not in fixed:
+                        fixed["__lcpm__"] = m.log_cpm(view.counts(train))
+                    fixed[f] = bl.LogisticPCA().fit(
+                        fixed["__lcpm__"][has], view.values(f)[train][has].tolist()
+                    )
+                lr_all = fixed[f]
+                fixed_scores = metadata_field_scores(
+                    f, truth, list(lr_all.classes_), lr_all.predict_proba(m.log_cpm(counts))
+                )
+                fixed_md[f] = fixed_scores.metrics
+                if fixed_scores.constant_prediction:
+                    info["constant_prediction"]["logistic_pca_fixed"].append(f)
     informative = [f for f in model_md if f not in info["trivial_fields"]]
     info["informative_fields"] = informative
     model_flat = {f"{f}:{k}": v for f, s in model_md.items() for k, v in s.items()}
@@ -109,4 +135,12 @@ def score_metadata(
     lr_flat |= _headline(lr_md, informative)
     model_flat["fields_predicted_constant"] = float(len(info["constant_prediction"]["model"]))
     lr_flat["fields_predicted_constant"] = float(len(info["constant_prediction"]["logistic_pca"]))
-    return model_flat, lr_flat, info, calibration
+    baselines = {"logistic_pca": lr_flat}
+    if fixed is not None:
+        fixed_flat = {f"{f}:{k}": v for f, s in fixed_md.items() for k, v in s.items()}
+        fixed_flat |= _headline(fixed_md, informative)
+        fixed_flat["fields_predicted_constant"] = float(
+            len(info["constant_prediction"]["logistic_pca_fixed"])
+        )
+        baselines["logistic_pca_fixed"] = fixed_flat
+    return model_flat, baselines, info, calibration

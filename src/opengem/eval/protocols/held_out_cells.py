@@ -51,7 +51,8 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
     calibration: dict[str, list] = {"model": [], "logistic_pca": []}
     with ctx.trained(train_rows, list(held_by_study), "cells held out", []) as (client, fitted):
         for study, rows in held_by_study.items():
-            model_md, lr_md, info, calib = score_metadata(client, view, rows, fitted, study)
+            model_md, lr_all, info, calib = score_metadata(client, view, rows, fitted, study)
+            lr_md = lr_all["logistic_pca"]
             for side in calibration:
                 calibration[side] += calib[side]
             units.append(

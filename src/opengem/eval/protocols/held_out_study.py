@@ -65,9 +65,13 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
             client,
             fitted,
         ):
+            fixed: dict = {}  # the fold's logistic_pca_fixed classifiers
             for study in fold:
                 rows = np.flatnonzero(view.studies == study)
-                model_md, lr_md, md_info, calib = score_metadata(client, view, rows, fitted, study)
+                model_md, md_baselines, md_info, calib = score_metadata(
+                    client, view, rows, fitted, study, fixed=fixed
+                )
+                lr_md = md_baselines["logistic_pca"]
                 figures["calibration_model"] += calib["model"]
                 figures["calibration_lr"] += calib["logistic_pca"]
                 groups = condition_groups(view, rows, CONDITION_FIELDS)
@@ -87,7 +91,7 @@ def run(ctx: ProtocolContext) -> ProtocolResult:
                 )
                 result, figure = score_generation(client, view, unit, fitted, rng)
                 result.model |= model_md
-                result.baselines["logistic_pca"] = lr_md
+                result.baselines |= md_baselines
                 result.info["metadata"] = md_info
                 units.append(result)
                 figures["units"].append(figure)
