@@ -124,8 +124,14 @@ def main() -> None:
         f"latent groups (biological {cfg['model']['latent_biological']}, technical "
         f"{cfg['model']['latent_technical']}, perturbation {cfg['model']['latent_perturbation']} "
         "dims): a prior mean from ridge regression on the metadata's ontology tokens (with "
-        "ancestors) and conditions; replicate and study variation by probabilistic PCA; "
-        "perturbation effects learned from matched controls "
+        "ancestors) and conditions; replicate and study variation by probabilistic PCA"
+        + (
+            f" (each of {len(model['study_noise_studies'])} seen studies with its own "
+            "spread and per-gene noise, moderated toward the pooled one); "
+            if model.get("study_noise_studies")
+            else "; "
+        )
+        + "perturbation effects learned from matched controls "
         f"({model.get('facts', {}).get('n_units', 0)} units in "
         f"{model.get('facts', {}).get('n_contexts', 0)} contexts), transferred to a "
         "reference through a context kernel (width "

@@ -250,3 +250,53 @@ def test_generation_in_a_seen_study_varies_as_much_as_that_study() -> None:
         return float(y.std(axis=0).mean())
 
     assert generated_sd("synthetic_2") > 1.3 * generated_sd("synthetic_1")
+
+
+def test_generation_in_a_seen_study_varies_gene_by_gene_as_that_study() -> None:
+    """A study whose replicates vary more in 100 genes only (planted) stores a larger
+    noise SD for those genes than for the rest, and generates replicates that vary
+    more in them than the samples generated for a quiet study do."""
+    import scipy.sparse as sp
+
+    adata, _ = synthetic_corpus(seed=4)
+    rng = np.random.default_rng(4)
+    x = adata.X.toarray().astype(np.float64)
+    noisy = (adata.obs["study"] == "synthetic_2").to_numpy()
+    genes = np.arange(100)
+    block = x[np.ix_(noisy, genes)]
+    x[np.ix_(noisy, genes)] = rng.poisson(block * rng.lognormal(0.0, 0.8, block.shape))
+    adata.X = sp.csr_matrix(x.astype(np.int32))
+    config = TrainConfig.model_validate(
+        {
+            "modality": "bulk",
+            "model": {"latent_biological": 4, "latent_technical": 2, "latent_perturbation": 4},
+            "training": {"validation_fraction": 0.0, "seed": 0},
+        }
+    )
+    bundle = train_bundle(adata, config, None, progress=False).bundle
+    own = bundle.model.study_noise_sd
+    assert {"synthetic_1", "synthetic_2"} <= set(own)
+    expressed = np.flatnonzero(x[noisy].mean(axis=0) > 50)
+    inside = np.intersect1d(expressed, genes)
+    outside = np.setdiff1d(expressed, genes)[:400]
+    assert len(inside) >= 20 and len(outside) >= 100
+    assert np.median(own["synthetic_2"][inside]) > 2 * np.median(own["synthetic_2"][outside])
+    predictor = Predictor(bundle)
+
+    def generated_sd(study: str, cols: np.ndarray) -> float:
+        metadata = {"tissue_ontology_id": LUNG, "sample_type": "primary tissue", "study": study}
+        query = validate_query(
+            {
+                "inputs": [{"metadata": metadata, "num_samples": 40}],
+                "sampling_strategy": "sample generation",
+                "total_count": 2_000_000,
+                "seed": 0,
+            },
+            "gem-1-bulk",
+        )
+        y = _log_cpm(np.asarray(predictor.predict(query).counts))
+        return float(y[:, cols].std(axis=0).mean())
+
+    ratio_noisy = generated_sd("synthetic_2", inside) / generated_sd("synthetic_2", outside)
+    ratio_quiet = generated_sd("synthetic_1", inside) / generated_sd("synthetic_1", outside)
+    assert ratio_noisy > 1.5 * ratio_quiet

@@ -507,9 +507,11 @@ class Predictor:
                 record["perturbation_seen"] = seen
                 zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
                 spread = 1.0
+                own_noise = None
                 if record.get("study") in self._studies:  # its own batch is in the prior mean:
                     zt = np.zeros_like(zt)  # no second one drawn on top (same draws consumed)
                     spread = math.sqrt(m.study_spread.get(record["study"], 1.0))  # as variable
+                    own_noise = m.study_noise_sd.get(record["study"])  # gene by gene
                 # y = base + effect + zb W_bio + zt W_tech (+ noise_sd * N(0, 1) when sampling),
                 # the products as whole-input matrix products (their bits depend on the shape)
                 # and the sums in this order, row block by row block
@@ -521,6 +523,7 @@ class Predictor:
                     zt: np.ndarray = zt,
                     mean: np.ndarray = mean,
                     spread: float = spread,
+                    own_noise: np.ndarray | None = own_noise,
                 ) -> None:
                     region = sink.region(n)  # the rows' own result memory, when free
                     bio_out = buffers.get("bio", n) if region is None else region
@@ -528,7 +531,8 @@ class Predictor:
                     if spread != 1.0:
                         bio *= spread
                     tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
-                    sink.add(n, library, self._baseline_rows(mean, bio, tech, noisy, rng, spread))
+                    fill = self._baseline_rows(mean, bio, tech, noisy, rng, spread, own_noise)
+                    sink.add(n, library, fill)
 
                 if sink.draw.random:  # its noise is drawn while adding: input by input
                     add()
@@ -556,9 +560,12 @@ class Predictor:
         noisy: bool,
         rng: np.random.Generator,
         spread: float = 1.0,
+        own_noise: np.ndarray | None = None,
     ) -> RowFill:
         noise_sd = self.model.noise_sd[None, :]
-        if spread != 1.0:  # a seen study's own variation (GEMModel.study_spread)
+        if own_noise is not None:  # a seen study's own per-gene noise (GEMModel.study_noise_sd)
+            noise_sd = own_noise[None, :]
+        elif spread != 1.0:  # a seen study's own variation (GEMModel.study_spread)
             noise_sd = noise_sd * spread
         buffer = np.empty((min(ROWS, len(bio)), bio.shape[1])) if noisy else None
 

@@ -452,6 +452,51 @@ def _study_spread(
     return out
 
 
+#: prior degrees of freedom of a study's per-gene noise variance: moderated toward the
+#: pooled one (scaled by the study's spread) as limma moderates gene variances
+NOISE_PRIOR_DOF = 4.0
+
+
+def _study_noise(
+    model: GEMModel,
+    studies: np.ndarray,
+    groups: np.ndarray,
+    resid: np.ndarray,
+    counting: np.ndarray,
+    masks: np.ndarray,
+    group_sizes: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Per study with a spread: its own per-gene residual noise SD (beyond counting
+    noise and the biological latents, scaled by its spread), moderated toward the
+    pooled ``noise_sd``: (d0 * pooled + dof * own) / (d0 + dof) with d0 =
+    :data:`NOISE_PRIOR_DOF` and dof = its samples minus its conditions, per gene
+    over the samples that measured it, then rescaled so that its mean over genes is
+    the one its spread gives. A study whose genes vary more than the pool's in some
+    genes and less in others generates replicates that do the same."""
+    bio = (model.w_bio**2).sum(axis=0)
+    pooled_noise = model.noise_sd**2
+    unbiased = group_sizes / np.maximum(group_sizes - 1, 1)
+    out: dict[str, np.ndarray] = {}
+    for name, spread in model.study_spread.items():
+        rows = studies == name
+        m = masks[rows]
+        n_g = m.sum(axis=0)
+        n_groups = len(set(groups[rows].tolist()))
+        beyond = (unbiased[rows, None] * resid[rows] ** 2 - counting[rows]).sum(axis=0)
+        own_total = beyond / np.maximum(n_g, 1)
+        dof = np.maximum(n_g * (1.0 - n_groups / max(int(rows.sum()), 1)), 0.0)
+        prior_total = spread * (pooled_noise + bio)
+        total = (NOISE_PRIOR_DOF * prior_total + dof * own_total) / (NOISE_PRIOR_DOF + dof)
+        # the level stays the study's spread (a robust per-sample estimate); its own
+        # residuals give only how that variation is shared among genes
+        seen = n_g > 0
+        level = float(total[seen].mean()) if seen.any() else 0.0
+        if level > 0:
+            total *= float(prior_total[seen].mean()) / level
+        out[name] = np.sqrt(np.maximum(total - spread * bio, 0.0))
+    return out
+
+
 def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` singular values and right singular vectors of a wide matrix (via its Gram)."""
     gram = x @ x.T
@@ -674,15 +719,26 @@ def fit_model(
         s_row = _row_scale(c, ref, multi)
         cpm = np.expm1(np.clip(gmeans[member[multi]], 0.0, 30.0))
         counting = np.where(c.masks(multi), s_row[:, None] * cpm / (1.0 + cpm) ** 2, 0.0)
+        counting_rows = counting
+        counting = counting.sum(axis=0) / counted
+        del cpm
+        model.noise_sd = np.sqrt(np.maximum(var - (model.w_bio**2).sum(axis=0) - counting, 0.0))
         if config.mean_space == "log":  # (a cell's residual is mostly its counting noise,
             # which the Poisson approximation does not remove well enough to leave a
             # study's spread; single-cell models draw no replicate noise either)
             model.study_spread = _study_spread(
-                c.studies[multi], resid, counting, c.masks(multi), sizes[member[multi]]
+                c.studies[multi], resid, counting_rows, c.masks(multi), sizes[member[multi]]
             )
-        counting = counting.sum(axis=0) / counted
-        del cpm
-        model.noise_sd = np.sqrt(np.maximum(var - (model.w_bio**2).sum(axis=0) - counting, 0.0))
+            model.study_noise_sd = _study_noise(
+                model,
+                c.studies[multi],
+                member[multi],
+                resid,
+                counting_rows,
+                c.masks(multi),
+                sizes[member[multi]],
+            )
+        del counting_rows
     else:
         model.w_bio = np.zeros((0, c.g))
         model.noise_sd = np.zeros(c.g)

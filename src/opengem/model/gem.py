@@ -13,7 +13,8 @@ genes hold, so panels and whole transcriptomes share one scale). A sample is
   to its ancestors' (stored low-rank);
 - ``W_bio z_bio``: within-condition (replicate) variation, probabilistic PCA of
   the residuals around condition means; ``W_tech z_tech``: between-study (batch)
-  variation, PCA of the study effects; ``ε``: per-gene residual noise;
+  variation, PCA of the study effects; ``ε``: per-gene residual noise (bulk: a
+  seen study's own per-gene noise, moderated toward the pooled one, and its spread);
 - ``Δ``: the perturbation effect, learned from matched controls. Every
   (perturbation, context) of the corpus with controls is a *unit* whose effect is
   mean(perturbed) − mean(matched control). A reference receives the units of its
@@ -181,6 +182,9 @@ class GEMModel:
     #: per training study, its within-condition variation over the pooled one (beyond
     #: counting noise): samples generated in a seen study vary as much as its own do
     study_spread: dict[str, float] = field(default_factory=dict)
+    #: per training study with a spread: its own per-gene residual noise SD, moderated
+    #: toward ``noise_sd`` (replaces ``noise_sd * sqrt(spread)`` when generating in it)
+    study_noise_sd: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._column_index = {c: i for i, c in enumerate(self.columns)}
@@ -525,6 +529,9 @@ class GEMModel:
         }
         for t, v in self.type_effect.items():
             a[f"type_effect.{t}"] = v
+        if self.study_noise_sd:
+            names = sorted(self.study_noise_sd)
+            a["study_noise_sd"] = np.stack([self.study_noise_sd[s] for s in names])
         for f, c in self.classifiers.items():
             a[f"clf.{f}.genes"] = c.genes.astype(np.int32)
             a[f"clf.{f}.gene_mean"] = c.gene_mean
@@ -545,6 +552,7 @@ class GEMModel:
             "level_slope": self.level_slope,
             "pca_noise": self.pca_noise,
             "study_spread": self.study_spread,
+            "study_noise_studies": sorted(self.study_noise_sd),
             "type_shrink": self.type_shrink,
             "on_target": self.on_target,
             "classifiers": {
@@ -605,6 +613,10 @@ class GEMModel:
             level_slope=float(structure.get("level_slope", 0.0)),
             pca_noise=float(structure.get("pca_noise", 0.0)),
             study_spread={str(k): float(v) for k, v in structure.get("study_spread", {}).items()},
+            study_noise_sd={
+                str(s): f64("study_noise_sd")[i]
+                for i, s in enumerate(structure.get("study_noise_studies", []))
+            },
             floor_fraction=f64("floor_fraction") if "floor_fraction" in arrays else np.zeros(0),
             type_effect={
                 k.split(".", 1)[1]: f32(k) for k in arrays if k.startswith("type_effect.")
