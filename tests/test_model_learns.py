@@ -212,6 +212,32 @@ def test_an_unseen_compound_is_humble_and_flagged(trained: dict[str, Any]) -> No
     assert unseen_shift < seen_shift  # shrunk toward what is known of compounds
 
 
+def _small_bundle(adata: Any) -> Any:
+    config = TrainConfig.model_validate(
+        {
+            "modality": "bulk",
+            "model": {"latent_biological": 4, "latent_technical": 2, "latent_perturbation": 4},
+            "training": {"validation_fraction": 0.0, "seed": 0},
+        }
+    )
+    return train_bundle(adata, config, None, progress=False).bundle
+
+
+def _generated_in(predictor: Predictor, study: str) -> np.ndarray:
+    """log-CPM of 40 lung samples generated in ``study`` (2M reads each, seed 0)."""
+    metadata = {"tissue_ontology_id": LUNG, "sample_type": "primary tissue", "study": study}
+    query = validate_query(
+        {
+            "inputs": [{"metadata": metadata, "num_samples": 40}],
+            "sampling_strategy": "sample generation",
+            "total_count": 2_000_000,
+            "seed": 0,
+        },
+        "gem-1-bulk",
+    )
+    return _log_cpm(np.asarray(predictor.predict(query).counts))
+
+
 def test_generation_in_a_seen_study_varies_as_much_as_that_study() -> None:
     """A study whose replicates vary 4x as much (planted) generates samples that vary
     more than those of a quiet study, and draws no second batch on top of its own."""
@@ -223,31 +249,13 @@ def test_generation_in_a_seen_study_varies_as_much_as_that_study() -> None:
     noisy = (adata.obs["study"] == "synthetic_2").to_numpy()
     x[noisy] = rng.poisson(x[noisy] * rng.lognormal(0.0, 0.6, x[noisy].shape))
     adata.X = sp.csr_matrix(x.astype(np.int32))
-    config = TrainConfig.model_validate(
-        {
-            "modality": "bulk",
-            "model": {"latent_biological": 4, "latent_technical": 2, "latent_perturbation": 4},
-            "training": {"validation_fraction": 0.0, "seed": 0},
-        }
-    )
-    bundle = train_bundle(adata, config, None, progress=False).bundle
+    bundle = _small_bundle(adata)
     spread = bundle.model.study_spread
     assert spread["synthetic_2"] > 2.5 * max(spread["synthetic_1"], spread["synthetic_3"])
     predictor = Predictor(bundle)
 
     def generated_sd(study: str) -> float:
-        metadata = {"tissue_ontology_id": LUNG, "sample_type": "primary tissue", "study": study}
-        query = validate_query(
-            {
-                "inputs": [{"metadata": metadata, "num_samples": 40}],
-                "sampling_strategy": "sample generation",
-                "total_count": 2_000_000,
-                "seed": 0,
-            },
-            "gem-1-bulk",
-        )
-        y = _log_cpm(np.asarray(predictor.predict(query).counts)[:, :400])
-        return float(y.std(axis=0).mean())
+        return float(_generated_in(predictor, study)[:, :400].std(axis=0).mean())
 
     assert generated_sd("synthetic_2") > 1.3 * generated_sd("synthetic_1")
 
@@ -266,14 +274,7 @@ def test_generation_in_a_seen_study_varies_gene_by_gene_as_that_study() -> None:
     block = x[np.ix_(noisy, genes)]
     x[np.ix_(noisy, genes)] = rng.poisson(block * rng.lognormal(0.0, 0.8, block.shape))
     adata.X = sp.csr_matrix(x.astype(np.int32))
-    config = TrainConfig.model_validate(
-        {
-            "modality": "bulk",
-            "model": {"latent_biological": 4, "latent_technical": 2, "latent_perturbation": 4},
-            "training": {"validation_fraction": 0.0, "seed": 0},
-        }
-    )
-    bundle = train_bundle(adata, config, None, progress=False).bundle
+    bundle = _small_bundle(adata)
     own = bundle.model.study_noise_sd
     assert {"synthetic_1", "synthetic_2"} <= set(own)
     expressed = np.flatnonzero(x[noisy].mean(axis=0) > 50)
@@ -284,18 +285,7 @@ def test_generation_in_a_seen_study_varies_gene_by_gene_as_that_study() -> None:
     predictor = Predictor(bundle)
 
     def generated_sd(study: str, cols: np.ndarray) -> float:
-        metadata = {"tissue_ontology_id": LUNG, "sample_type": "primary tissue", "study": study}
-        query = validate_query(
-            {
-                "inputs": [{"metadata": metadata, "num_samples": 40}],
-                "sampling_strategy": "sample generation",
-                "total_count": 2_000_000,
-                "seed": 0,
-            },
-            "gem-1-bulk",
-        )
-        y = _log_cpm(np.asarray(predictor.predict(query).counts))
-        return float(y[:, cols].std(axis=0).mean())
+        return float(_generated_in(predictor, study)[:, cols].std(axis=0).mean())
 
     ratio_noisy = generated_sd("synthetic_2", inside) / generated_sd("synthetic_2", outside)
     ratio_quiet = generated_sd("synthetic_1", inside) / generated_sd("synthetic_1", outside)

@@ -542,14 +542,7 @@ class Predictor:
                 parts_t.append(zt)
                 parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
                 rows += [record] * n
-            result = ExpressionResult(
-                sink.counts,
-                self._metadata(rows),
-                self._latents(parts_b, parts_t, parts_p),
-                list(self.genes.gene_ids),
-                self.bundle.model_version,
-                "baseline",
-            )
+            result = self._expression_result(sink, rows, parts_b, parts_t, parts_p, "baseline")
             return self._decode(sink, adds, result, [library], on_start)
 
     def _baseline_rows(
@@ -579,6 +572,25 @@ class Predictor:
                 dst += noise
 
         return fill
+
+    def _expression_result(
+        self,
+        sink: CountSink,
+        rows: list[dict[str, str]],
+        bio: list[np.ndarray],
+        tech: list[np.ndarray],
+        pert: list[np.ndarray],
+        kind: str,
+    ) -> ExpressionResult:
+        """The result of an expression query, its counts still being decoded in ``sink``."""
+        return ExpressionResult(
+            sink.counts,
+            self._metadata(rows),
+            self._latents(bio, tech, pert),
+            list(self.genes.gene_ids),
+            self.bundle.model_version,
+            kind,
+        )
 
     @staticmethod
     def _latents(
@@ -715,13 +727,8 @@ class Predictor:
                 parts_t.append(zt)
                 parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
                 rows += [record] * n
-            result = ExpressionResult(
-                sink.counts,
-                self._metadata(rows),
-                self._latents(parts_b, parts_t, parts_p),
-                list(self.genes.gene_ids),
-                self.bundle.model_version,
-                "reference_conditioned",
+            result = self._expression_result(
+                sink, rows, parts_b, parts_t, parts_p, "reference_conditioned"
             )
             return self._decode(sink, adds, result, libraries, on_start)
 
