@@ -33,7 +33,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -362,6 +362,39 @@ def _conditioned_rows(
     return fill
 
 
+@dataclass
+class _Inputs:
+    """What an expression query's inputs add up to: the sink their counts decode
+    into, the additions deferred until every input is prepared, their latents and
+    their metadata rows."""
+
+    sink: CountSink
+    adds: list[Callable[[], None]] = field(default_factory=list)
+    bio: list[np.ndarray] = field(default_factory=list)
+    tech: list[np.ndarray] = field(default_factory=list)
+    pert: list[np.ndarray] = field(default_factory=list)
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+    def take(
+        self,
+        add: Callable[[], None],
+        zb: np.ndarray,
+        zt: np.ndarray,
+        pert: np.ndarray,
+        record: dict[str, str],
+    ) -> None:
+        """One input of ``len(zb)`` samples: a strategy that draws noise while adding
+        adds it now (input by input: the same stream of draws); the others later."""
+        if self.sink.draw.random:
+            add()
+        else:
+            self.adds.append(add)
+        self.bio.append(zb)
+        self.tech.append(zt)
+        self.pert.append(np.repeat(pert, len(zb), axis=0))
+        self.rows += [record] * len(zb)
+
+
 class Predictor:
     """Runs normalised queries (from :func:`opengem.validate_query`) on a bundle."""
 
@@ -465,19 +498,19 @@ class Predictor:
 
     @staticmethod
     def _decode(
-        sink: CountSink,
-        adds: list[Callable[[], None]],
+        inputs: _Inputs,
         result: ExpressionResult,
         libraries: Sequence[float],
         on_start: OnStart | None,
     ) -> ExpressionResult:
-        """Decode the counts of ``result`` (its counts are the sink's): the inputs'
-        deferred additions (``adds``: a strategy that draws none adds its inputs once
+        """Decode the counts of ``result`` (its counts are the inputs' sink's): the
+        inputs' deferred additions (a strategy that draws none adds its inputs once
         every input is prepared; it draws nothing while adding, so the stream of draws
         is the same), after ``on_start`` has seen the result."""
+        sink = inputs.sink
         if on_start is not None:
             sink.on_rows = on_start(result, sink.bound(libraries))
-        for add in adds:
+        for add in inputs.adds:
             add()
         sink.finish()
         sink.on_rows = None
@@ -490,16 +523,12 @@ class Predictor:
         records = [dict(i.metadata) for i in query.inputs]
         base = m.prior_mean(records)
         full = np.ones(m.n_genes, dtype=bool)
-        parts_b: list[np.ndarray] = []
-        parts_t: list[np.ndarray] = []
-        parts_p: list[np.ndarray] = []
-        rows: list[dict[str, str]] = []
         noisy = query.sampling_strategy == "sample generation" and not query.deterministic_latents
         sink = CountSink(
             sum(i.num_samples for i in query.inputs), m.n_genes, query.sampling_strategy, rng
         )
+        inputs = _Inputs(sink)
         library = float(query.total_count)
-        adds: list[Callable[[], None]] = []
         with _borrowed(self._buffers) as buffers:
             for k, (item, record) in enumerate(zip(query.inputs, records, strict=True)):
                 n = item.num_samples
@@ -534,16 +563,9 @@ class Predictor:
                     fill = self._baseline_rows(mean, bio, tech, noisy, rng, spread, own_noise)
                     sink.add(n, library, fill)
 
-                if sink.draw.random:  # its noise is drawn while adding: input by input
-                    add()
-                else:
-                    adds.append(add)
-                parts_b.append(zb)
-                parts_t.append(zt)
-                parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
-                rows += [record] * n
-            result = self._expression_result(sink, rows, parts_b, parts_t, parts_p, "baseline")
-            return self._decode(sink, adds, result, [library], on_start)
+                inputs.take(add, zb, zt, self._pert_latent(effect[None, :]), record)
+            result = self._expression_result(inputs, "baseline")
+            return self._decode(inputs, result, [library], on_start)
 
     def _baseline_rows(
         self,
@@ -573,20 +595,12 @@ class Predictor:
 
         return fill
 
-    def _expression_result(
-        self,
-        sink: CountSink,
-        rows: list[dict[str, str]],
-        bio: list[np.ndarray],
-        tech: list[np.ndarray],
-        pert: list[np.ndarray],
-        kind: str,
-    ) -> ExpressionResult:
-        """The result of an expression query, its counts still being decoded in ``sink``."""
+    def _expression_result(self, inputs: _Inputs, kind: str) -> ExpressionResult:
+        """The result of an expression query, its counts still being decoded."""
         return ExpressionResult(
-            sink.counts,
-            self._metadata(rows),
-            self._latents(bio, tech, pert),
+            inputs.sink.counts,
+            self._metadata(inputs.rows),
+            self._latents(inputs.bio, inputs.tech, inputs.pert),
             list(self.genes.gene_ids),
             self.bundle.model_version,
             kind,
@@ -652,14 +666,10 @@ class Predictor:
     ) -> ExpressionResult:
         m = self.model
         conditioned = set(query.conditioning)
-        parts_b: list[np.ndarray] = []
-        parts_t: list[np.ndarray] = []
-        parts_p: list[np.ndarray] = []
-        rows: list[dict[str, str]] = []
         full = np.ones(m.n_genes, dtype=bool)
         items: Sequence[ReferenceInput | SampleIdsInput] = query.inputs
         sink = CountSink(sum(i.num_samples for i in items), m.n_genes, query.sampling_strategy, rng)
-        adds: list[Callable[[], None]] = []
+        inputs = _Inputs(sink)
         libraries: list[float] = []
         with _borrowed(self._buffers) as buffers:
             for item, (counts, stored) in zip(items, refs, strict=True):
@@ -719,18 +729,9 @@ class Predictor:
                         bio = np.matmul(zb, m.w_bio, out=bio_out)
                     sink.add(n, total, _conditioned_rows(start, tech, bio0, bio, effect, mask))
 
-                if sink.draw.random:  # as in :meth:`_baseline`
-                    add()
-                else:
-                    adds.append(add)
-                parts_b.append(zb)
-                parts_t.append(zt)
-                parts_p.append(np.repeat(self._pert_latent(effect[None, :]), n, axis=0))
-                rows += [record] * n
-            result = self._expression_result(
-                sink, rows, parts_b, parts_t, parts_p, "reference_conditioned"
-            )
-            return self._decode(sink, adds, result, libraries, on_start)
+                inputs.take(add, zb, zt, self._pert_latent(effect[None, :]), record)
+            result = self._expression_result(inputs, "reference_conditioned")
+            return self._decode(inputs, result, libraries, on_start)
 
     def _predict_metadata(
         self, query: PredictMetadataQuery, rng: np.random.Generator
