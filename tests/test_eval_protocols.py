@@ -135,7 +135,9 @@ def test_two_fast_runs_give_identical_metrics(corpus_file: Path, tmp_path: Path)
         for i in range(2)
     ]
     check_metrics(
-        tmp_path / "run0", "held-out-study", {"logistic_pca", "logistic_pca_fixed", "condition_mean"}
+        tmp_path / "run0",
+        "held-out-study",
+        {"logistic_pca", "logistic_pca_fixed", "condition_mean"},
     )
     assert runs[0]["n_trainings"] == 1 and runs[0]["trainings"][0]["budget"]
     assert _without_timings(runs[0]) == _without_timings(runs[1])
@@ -227,6 +229,21 @@ def test_match_group_pairs_samples(corpus_file: Path) -> None:
     adata.obs = obs
     cells = [c for c in perturbation_cells(CorpusView(adata)) if c.study == "synthetic_1"]
     assert sorted({c.context for c in cells}) == ["donor=0", "donor=1"]
+
+
+def test_paired_references_are_dealt_among_the_pairs_controls() -> None:
+    """Scored rows of one pairing key take that key's controls in turn, not its first."""
+    from opengem.eval.units import Cell, pair_references
+
+    controls = np.array([10, 11, 12, 20, 21])
+    keys = {10: "a", 11: "a", 12: "a", 20: "b", 21: "b"}
+    scored = np.array([0, 1, 2, 3, 4, 5, 6])
+    keys |= {0: "a", 1: "a", 2: "a", 3: "a", 4: "b", 5: "b", 6: "c"}
+    cell = Cell("s", "ctx", "k", {}, scored, controls, scored, pair_keys=keys)
+    refs = pair_references(cell, scored)
+    assert refs[:4].tolist() == [10, 11, 12, 10]  # key a: every control once, then again
+    assert refs[4:6].tolist() == [20, 21]  # key b: its own controls only
+    assert refs[6] in controls  # a key without controls: any control
 
 
 def test_fast_rows_keeps_focus_studies_first(corpus_file: Path) -> None:

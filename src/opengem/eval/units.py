@@ -203,16 +203,25 @@ class PerturbationUnit:
 
 
 def pair_references(cell: Cell, scored: np.ndarray) -> np.ndarray:
-    """Matched control of each scored row: same pairing key when there is one, else dealt."""
+    """Matched control of each scored row: one with the same pairing key when there is
+    one, else any control; either way the candidates are dealt in turn, so that 100
+    scored cells of one replicate are predicted from 100 of its controls, not 100
+    times from its first one."""
     by_key: dict[str, list[int]] = {}
     for r in cell.controls:
         k = cell.pair_keys.get(int(r), "")
         if k:
             by_key.setdefault(k, []).append(int(r))
+    dealt: dict[str, int] = {}
     refs = np.empty(len(scored), dtype=np.intp)
     for i, r in enumerate(scored):
         k = cell.pair_keys.get(int(r), "")
-        refs[i] = by_key[k][0] if k and by_key.get(k) else cell.controls[i % len(cell.controls)]
+        if k and by_key.get(k):
+            n = dealt.get(k, 0)
+            dealt[k] = n + 1
+            refs[i] = by_key[k][n % len(by_key[k])]
+        else:
+            refs[i] = cell.controls[i % len(cell.controls)]
     return refs
 
 
