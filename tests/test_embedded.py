@@ -189,11 +189,23 @@ def test_predict_metadata_probabilities_sum_to_one() -> None:
     assert result["expression"].shape == (1, N_GENES)
 
 
-def test_single_cell_rejects_sample_generation() -> None:
+def test_single_cell_sample_generation_draws_cells_around_the_mean() -> None:
+    """Beyond GEM-1 (mean estimation only): generated cells of one condition differ from
+    each other, more than counting noise alone would make them, around the condition's
+    expected profile."""
     query = opengem.get_example_query(SC)["example_query"]
-    query["sampling_strategy"] = "sample generation"
-    with pytest.raises(opengem.QueryError, match="single-cell supports only 'mean estimation'"):
-        opengem.predict_query(query, model_id=SC)
+    query["inputs"] = query["inputs"][:1]
+    query["inputs"][0]["num_samples"] = 200
+    query |= {"deterministic_latents": True, "seed": 3}
+    mean = opengem.predict_query(query | {"sampling_strategy": "mean estimation"}, model_id=SC)
+    cells = opengem.predict_query(query | {"sampling_strategy": "sample generation"}, model_id=SC)
+    x = cells["expression"].to_numpy(dtype=float)
+    expected = mean["expression"].to_numpy(dtype=float)[0]  # deterministic: every row alike
+    assert len({tuple(r) for r in x[:20]}) == 20
+    top = np.argsort(-expected)[:200]
+    assert np.corrcoef(x.mean(axis=0)[top], expected[top])[0, 1] > 0.95
+    excess = x[:, top].var(axis=0, ddof=1) / np.maximum(x[:, top].mean(axis=0), 1e-9)
+    assert np.median(excess) > 1.2  # Poisson counts alone: 1
 
 
 def test_deterministic_latents_remove_latent_randomness() -> None:

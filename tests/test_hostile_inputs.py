@@ -272,10 +272,10 @@ def test_each_model_documents_its_own_query_schema_which_its_example_meets(
         assert not base.is_valid(query), query
         with pytest.raises(QueryError):
             validate_query(query, "gem-1-bulk")
-    sc = validators["gem-1-sc"][0]  # single-cell models draw no replicate noise
-    assert not sc.is_valid(
-        get_example_query("gem-1-sc")["example_query"] | {"sampling_strategy": "sample generation"}
-    )
+    sc = validators["gem-1-sc"][0]  # single-cell models draw cells too (beyond GEM-1)
+    example = get_example_query("gem-1-sc")["example_query"]
+    assert sc.is_valid(example | {"sampling_strategy": "sample generation"})
+    assert not sc.is_valid(example | {"sampling_strategy": "posterior sample"})
 
 
 def test_json_logs_are_one_object_per_line_with_a_time(tmp_path: Any) -> None:
@@ -317,15 +317,16 @@ def test_sampling_strategies_are_one_registry() -> None:
     from opengem.engine.predictor import DRAWS
 
     assert set(DRAWS) == set(STRATEGIES) == set(SAMPLING_STRATEGIES)
+    for name in STRATEGIES:  # every strategy is offered by both modalities
+        for model_id in ("gem-1-bulk", "gem-1-sc"):
+            query = {"inputs": [{"metadata": {}, "num_samples": 1}], "sampling_strategy": name}
+            assert validate_query(query, model_id).sampling_strategy == name
     with pytest.raises(QueryError) as err:
         validate_query(
-            {
-                "inputs": [{"metadata": {}, "num_samples": 1}],
-                "sampling_strategy": "sample generation",
-            },
+            {"inputs": [{"metadata": {}, "num_samples": 1}], "sampling_strategy": "posterior"},
             "gem-1-sc",
         )
-    assert "supports only 'mean estimation'" in str(err.value)
+    assert "'sample generation'" in str(err.value) and "'mean estimation'" in str(err.value)
 
 
 def test_the_problem_cap_reached_inside_a_combination_is_a_422_not_a_crash() -> None:

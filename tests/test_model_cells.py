@@ -155,3 +155,63 @@ def test_heads_read_a_gene_subset_study_as_a_query_brings_it(cells: dict[str, An
     truth = adata.obs["tissue_ontology_id"].iloc[rows].astype(str).tolist()
     predicted = [m["tissue_ontology_id"] for m in result.metadata]
     assert np.mean([p == t for p, t in zip(predicted, truth, strict=True)]) >= 0.9
+
+
+def _overdispersion(counts: np.ndarray) -> np.ndarray:
+    """Per gene, (var - mean) / mean² of counts at one library: the NB φ."""
+    mean, var = counts.mean(axis=0), counts.var(axis=0, ddof=1)
+    return (var - mean) / np.maximum(mean, 1e-12) ** 2
+
+
+@pytest.mark.slow  # fits a small model (~30 s on two cores)
+def test_sample_generation_draws_cells_as_overdispersed_as_the_training_cells() -> None:
+    """100 genes whose cells vary far beyond counting noise (planted: Gamma noise of
+    φ = 1 on top of the corpus's φ = 0.02) get a learned dispersion near 1, the rest
+    near 0.02; cells generated for a seen condition carry the same difference, and
+    their expected profile is the condition's pseudobulk."""
+    import scipy.sparse as sp
+
+    adata, _ = synthetic_corpus(
+        samples_per_condition=60, library_size=2000.0, dispersion=50.0, seed=5
+    )
+    adata.uns["modality"] = "sc"
+    rng = np.random.default_rng(5)
+    x = adata.X.toarray().astype(np.float64)
+    wild = np.arange(100)
+    x[:, wild] = rng.poisson(x[:, wild] * rng.gamma(1.0, 1.0, (len(x), len(wild))))
+    adata.X = sp.csr_matrix(x.astype(np.int32))
+    bundle = _train(adata, "linear")
+    phi = bundle.model.cell_dispersion
+    expressed = np.flatnonzero(x.mean(axis=0) > 2.0)
+    inside, outside = np.intersect1d(expressed, wild), np.setdiff1d(expressed, wild)[:200]
+    assert len(inside) >= 30 and len(outside) >= 100
+    assert 0.6 < np.median(phi[inside]) < 1.6
+    assert np.median(phi[outside]) < 0.1
+
+    obs = adata.obs
+    rows = np.flatnonzero(
+        (obs["study"] == "synthetic_1").to_numpy()
+        & (obs["perturbation_type"] == "control").to_numpy()
+    )
+    metadata = {
+        f: str(obs[f].iloc[rows[0]])
+        for f in ("tissue_ontology_id", "sample_type", "study", "perturbation_type")
+    }
+    same = rows[np.all([(obs[f].iloc[rows] == v).to_numpy() for f, v in metadata.items()], axis=0)]
+    query = validate_query(
+        {
+            "inputs": [{"metadata": metadata, "num_samples": 400}],
+            "sampling_strategy": "sample generation",
+            "deterministic_latents": True,
+            "total_count": 2000,
+            "seed": 0,
+        },
+        "gem-1-sc",
+    )
+    counts = np.asarray(Predictor(bundle).predict(query).counts, dtype=np.float64)
+    generated = _overdispersion(counts)
+    assert np.median(generated[inside]) > 10 * np.median(generated[outside])
+    assert np.median(generated[inside]) == pytest.approx(np.median(phi[inside]), rel=0.35)
+    real = x[same] / x[same].sum(axis=1, keepdims=True) * 2000
+    share = np.corrcoef(np.log1p(counts.mean(axis=0)), np.log1p(real.mean(axis=0)))[0, 1]
+    assert share > 0.95

@@ -212,18 +212,11 @@ BAD: list[tuple[str, str, Edit, str, str]] = [
         "not a valid sampling strategy",
     ),
     (
-        "sample generation on single-cell",
+        "unknown legacy mode on single-cell",
         SC,
-        top(sampling_strategy="sample generation"),
-        "sampling_strategy",
-        "only 'mean estimation'",
-    ),
-    (
-        "legacy mode sample generation on single-cell",
-        SC,
-        lambda q: q.update(mode="sample generation", sampling_strategy=None),
+        lambda q: q.update(mode="posterior sample", sampling_strategy=None),
         "mode",
-        "only 'mean estimation'",
+        "not a valid sampling strategy",
     ),
     (
         "mode contradicts sampling_strategy",

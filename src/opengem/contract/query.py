@@ -37,8 +37,9 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         Strategy(
             "sample generation",
-            (Modality.BULK,),
-            "replicate-like samples: latent, residual and Poisson counting noise",
+            (Modality.BULK, Modality.SC),
+            "replicate-like samples: latent and residual noise with Poisson counts (bulk); "
+            "cells with negative-binomial counts (single-cell, beyond GEM-1)",
         ),
         Strategy(
             "mean estimation",

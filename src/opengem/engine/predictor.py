@@ -6,8 +6,9 @@ In the model's log-expression space (see :mod:`opengem.model.gem`):
   effect when the metadata has one; latents z_bio, z_tech ~ N(0, I) (the technical
   draw shared by an input's samples, as replicates of one generated study), or 0
   with ``deterministic_latents``; "mean estimation" returns expected counts,
-  "sample generation" adds the residual noise and draws Poisson counts; library
-  size ``total_count``;
+  "sample generation" adds the residual noise and draws Poisson counts (single
+  cells: negative-binomial counts, each gene with the overdispersion of the training
+  cells, and no residual noise on top); library size ``total_count``;
 - reference conditioning: the reference (shrunk toward its most similar training
   contexts by a few thousand pseudo-counts, which matters only for shallow
   single-cell references) plus the perturbation's effect in that context (no
@@ -215,11 +216,26 @@ class CountSink:
     the stream of draws requires.
     """
 
-    def __init__(self, n_rows: int, n_genes: int, strategy: str, rng: np.random.Generator):
+    def __init__(
+        self,
+        n_rows: int,
+        n_genes: int,
+        strategy: str,
+        rng: np.random.Generator,
+        dispersion: np.ndarray | None = None,
+    ):
         draw = DRAWS.get(strategy)
         if draw is None:
             raise ValueError(f"sampling strategy {strategy!r}: expected one of {sorted(DRAWS)}")
         self.draw, self.rng = draw, rng
+        #: a strategy that draws: per gene, the negative-binomial overdispersion φ of the
+        #: counts (a Gamma(1/φ, μφ) draw of each expected count before its Poisson draw);
+        #: None = Poisson counts
+        self._overdispersed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if dispersion is not None and draw.random and (dispersion > 0).any():
+            cols = np.flatnonzero(dispersion > 0)
+            phi = dispersion[cols]
+            self._overdispersed = (cols, 1.0 / phi, phi)
         self.counts = np.empty((n_rows, n_genes), dtype=np.int64)
         self.library = np.empty(n_rows, dtype=np.float64)
         self._y = self.counts.view(np.float64) if draw.random else None
@@ -255,6 +271,9 @@ class CountSink:
     def _decode(self, y: np.ndarray, a: int, b: int) -> None:
         step = self._step[: b - a]
         GEMModel.expected_counts(y, self.library[a:b], out=step)
+        if self._overdispersed is not None:
+            cols, shape, phi = self._overdispersed
+            step[:, cols] = self.rng.gamma(shape, step[:, cols] * phi)
         self.draw.fill(step, self.rng, self.counts[a:b], self._scratch)
 
     def finish(self) -> np.ndarray:
@@ -523,9 +542,18 @@ class Predictor:
         records = [dict(i.metadata) for i in query.inputs]
         base = m.prior_mean(records)
         full = np.ones(m.n_genes, dtype=bool)
-        noisy = query.sampling_strategy == "sample generation" and not query.deterministic_latents
+        # residual noise in log space for bulk; cells draw theirs as negative-binomial counts
+        noisy = (
+            query.sampling_strategy == "sample generation"
+            and not query.deterministic_latents
+            and not m.cell_dispersion.size
+        )
         sink = CountSink(
-            sum(i.num_samples for i in query.inputs), m.n_genes, query.sampling_strategy, rng
+            sum(i.num_samples for i in query.inputs),
+            m.n_genes,
+            query.sampling_strategy,
+            rng,
+            m.cell_dispersion if m.cell_dispersion.size else None,
         )
         inputs = _Inputs(sink)
         library = float(query.total_count)
@@ -668,7 +696,13 @@ class Predictor:
         conditioned = set(query.conditioning)
         full = np.ones(m.n_genes, dtype=bool)
         items: Sequence[ReferenceInput | SampleIdsInput] = query.inputs
-        sink = CountSink(sum(i.num_samples for i in items), m.n_genes, query.sampling_strategy, rng)
+        sink = CountSink(
+            sum(i.num_samples for i in items),
+            m.n_genes,
+            query.sampling_strategy,
+            rng,
+            m.cell_dispersion if m.cell_dispersion.size else None,
+        )
         inputs = _Inputs(sink)
         libraries: list[float] = []
         with _borrowed(self._buffers) as buffers:

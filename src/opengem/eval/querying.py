@@ -123,9 +123,9 @@ class ModelClient:
     ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """Condition means (mean estimation) and samples, log-CPM over ``genes``.
 
-        Samples use "sample generation" for bulk; single-cell models support only
-        mean estimation, so their samples are mean-estimation cells, read at
-        :data:`EXPECTATION_TOTAL` (their expected CPM).
+        Samples use "sample generation" at ``library`` reads (the real samples'
+        median): drawn cells, for single-cell models, as shallow as the real ones.
+        Single-cell means are read at :data:`EXPECTATION_TOTAL` (their expected CPM).
         """
         usable, dropped = self.usable_metadata(records)
         total = EXPECTATION_TOTAL if self.modality == "sc" else int(max(library, 1))
@@ -139,15 +139,14 @@ class ModelClient:
             },
             None,
         )
-        strategy = "sample generation" if self.modality == "bulk" else "mean estimation"
         samples = self.run(
             {
                 "inputs": [
                     {"metadata": r, "num_samples": int(n)}
                     for r, n in zip(usable, n_per_condition, strict=True)
                 ],
-                "sampling_strategy": strategy,
-                "total_count": total,
+                "sampling_strategy": "sample generation",
+                "total_count": int(max(library, 1)),
                 "seed": SEED,
             },
             None,

@@ -497,6 +497,56 @@ def _study_noise(
     return out
 
 
+#: cells a group (study + full metadata) needs to inform the cells' dispersion; the
+#: weight (in units of squared expected counts) of the prior toward the median
+#: dispersion; the bounds a gene's dispersion is kept within
+DISPERSION_MIN_CELLS = 10
+DISPERSION_PRIOR = 50.0
+DISPERSION_BOUNDS = (0.0, 50.0)
+
+
+def _cell_dispersion(c: _Corpus) -> np.ndarray:
+    """Per gene, the negative-binomial overdispersion φ of single cells around their
+    group's mean (``var = μ + φ μ²``; φ = 0 is Poisson): pooled method of moments over
+    the groups (study + full metadata, perturbation included) of at least
+    :data:`DISPERSION_MIN_CELLS` cells, each cell's mean being its library times the
+    group's share of the gene, ``φ = Σ [n/(n-1) (x - μ)² - μ] / Σ μ²``; a gene with
+    few reads is pulled toward the median of the well-read genes
+    (:data:`DISPERSION_PRIOR`). Genes a group's study did not measure have no reads
+    there and add nothing. What "sample generation" draws single cells with."""
+    keys = [
+        f"{c.studies[i]}\t" + "\t".join(f"{k}={v}" for k, v in sorted(r.items()))
+        for i, r in enumerate(c.records)
+    ]
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    num = np.zeros(c.g)
+    den = np.zeros(c.g)
+    for members in groups.values():
+        n = len(members)
+        if n < DISPERSION_MIN_CELLS:
+            continue
+        rows = np.asarray(members)
+        x, lib = c.x[rows], c.library[rows]
+        l1, l2 = float(lib.sum()), float((lib**2).sum())
+        if l1 <= 0:
+            continue
+        share = np.asarray(x.sum(axis=0)).ravel() / l1
+        s2 = np.asarray(x.multiply(x).sum(axis=0)).ravel()
+        sxl = np.asarray(x.T @ lib).ravel()
+        squares = s2 - 2.0 * share * sxl + share**2 * l2  # Σ (x - l·share)²
+        num += n / (n - 1) * squares - share * l1
+        den += share**2 * l2
+    informed = den >= DISPERSION_PRIOR
+    if not informed.any():
+        return np.zeros(c.g)
+    raw = np.maximum(num[informed], 0.0) / den[informed]
+    prior = float(np.median(raw))
+    phi = (np.maximum(num, 0.0) + DISPERSION_PRIOR * prior) / (den + DISPERSION_PRIOR)
+    return np.clip(phi, *DISPERSION_BOUNDS)
+
+
 def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` singular values and right singular vectors of a wide matrix (via its Gram)."""
     gram = x @ x.T
@@ -739,7 +789,9 @@ def fit_model(
                 sizes[member[multi]],
             )
         del counting_rows
-    else:
+    if config.mean_space == "linear":  # single cells are drawn negative-binomial
+        model.cell_dispersion = _cell_dispersion(c)
+    if len(multi) < 3:
         model.w_bio = np.zeros((0, c.g))
         model.noise_sd = np.zeros(c.g)
     study_cols = [j for j, (kind, name) in enumerate(columns) if name.startswith("study=")]

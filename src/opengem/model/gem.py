@@ -14,7 +14,9 @@ genes hold, so panels and whole transcriptomes share one scale). A sample is
 - ``W_bio z_bio``: within-condition (replicate) variation, probabilistic PCA of
   the residuals around condition means; ``W_tech z_tech``: between-study (batch)
   variation, PCA of the study effects; ``ε``: per-gene residual noise (bulk: a
-  seen study's own per-gene noise, moderated toward the pooled one, and its spread);
+  seen study's own per-gene noise, moderated toward the pooled one, and its spread;
+  single cells: negative-binomial counts around the profile, each gene with its own
+  overdispersion);
 - ``Δ``: the perturbation effect, learned from matched controls. Every
   (perturbation, context) of the corpus with controls is a *unit* whose effect is
   mean(perturbed) − mean(matched control). A reference receives the units of its
@@ -185,6 +187,10 @@ class GEMModel:
     #: per training study with a spread: its own per-gene residual noise SD, moderated
     #: toward ``noise_sd`` (replaces ``noise_sd * sqrt(spread)`` when generating in it)
     study_noise_sd: dict[str, np.ndarray] = field(default_factory=dict)
+    #: (G,) single-cell models: each gene's negative-binomial overdispersion φ of cells
+    #: around their condition's mean (``var = μ + φ μ²``), what "sample generation"
+    #: draws cells with; empty for bulk models (Poisson counts around a noisy profile)
+    cell_dispersion: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         self._column_index = {c: i for i, c in enumerate(self.columns)}
@@ -529,6 +535,8 @@ class GEMModel:
         }
         for t, v in self.type_effect.items():
             a[f"type_effect.{t}"] = v
+        if self.cell_dispersion.size:
+            a["cell_dispersion"] = self.cell_dispersion
         if self.study_noise_sd:
             names = sorted(self.study_noise_sd)
             a["study_noise_sd"] = np.stack([self.study_noise_sd[s] for s in names])
@@ -618,6 +626,7 @@ class GEMModel:
                 for i, s in enumerate(structure.get("study_noise_studies", []))
             },
             floor_fraction=f64("floor_fraction") if "floor_fraction" in arrays else np.zeros(0),
+            cell_dispersion=f64("cell_dispersion") if "cell_dispersion" in arrays else np.zeros(0),
             type_effect={
                 k.split(".", 1)[1]: f32(k) for k in arrays if k.startswith("type_effect.")
             },
