@@ -1,6 +1,7 @@
 """Inference speed of the shipped models, as rates and ratios to floors measured in the same run.
 
     python benchmarks/inference.py [--repeats 3] [--compare OTHER_SRC] [--quick]
+        [--scvi-python PATH] [--corpus build/corpus/sc.h5ad]
 
 This machine is shared and noisy, so every rate is printed next to a *floor* measured
 in the same process right before it: the same arithmetic done the cheapest way numpy
@@ -13,6 +14,12 @@ median of ``--repeats`` runs.
 - bulk mean estimation via ``predict_query`` (DataFrames) at 1,000 and 10,000
   samples (goal >= 3,000 samples/s), and single-cell mean estimation at 1,000 and
   10,000 cells;
+- single-cell mean estimation at 5,000 cells x 20,120 genes (gem-1-sc's gene space) as a
+  ratio to scVI's ``get_normalized_expression`` on the same number of cells and genes,
+  from an scVI model trained a few epochs (it only needs to exist) on 5,000 cells of the
+  sc corpus, in scVI's own environment (``--scvi-python`` or ``OPENGEM_SCVI_PYTHON``;
+  ``benchmarks/scvi_peer.py``; opengem's rate is measured again right after scVI's);
+  skipped with the reason when there is none;
 - bulk sample generation at 1,000 samples (Poisson counts; no floor: the draws are
   the work);
 - peak RSS of the process.
@@ -34,7 +41,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+import scvi_env
+
+SCVI = ("gem-1-sc", "mean estimation", 5000)  # the case compared with scVI
+SCVI_CASE = " ".join(map(str, SCVI))
 
 COLD = """
 import time
@@ -52,6 +65,7 @@ CASES = (
     ("gem-1-bulk", "mean estimation", 1000),
     ("gem-1-bulk", "mean estimation", 10000),
     ("gem-1-sc", "mean estimation", 1000),
+    SCVI,
     ("gem-1-sc", "mean estimation", 10000),
     ("gem-1-bulk", "sample generation", 1000),
 )
@@ -163,6 +177,9 @@ def main() -> None:
     parser.add_argument("--compare", metavar="SRC", help="another checkout's src folder")
     parser.add_argument("--quick", action="store_true", help="1,000-sample cases only")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # --compare's child
+    parser.add_argument("--corpus", type=Path, default=Path("build/corpus/sc.h5ad"))
+    parser.add_argument("--scvi-epochs", type=int, default=2, help="scVI model's epochs")
+    scvi_env.add_argument(parser)
     args = parser.parse_args()
     cases = tuple(c for c in CASES if not args.quick or c[2] <= 1000)
     if args.json:
@@ -210,8 +227,47 @@ def main() -> None:
                 line += f", {o['opengem'] / o['float64']:.2f}x of its float64 floor"
             line += ")"
         print(line)
+    if SCVI_CASE in rates:
+        print(scvi_row(rates[SCVI_CASE]["opengem"], args))
+    else:
+        print(f"scVI: not compared with --quick (the comparison is the {SCVI_CASE} case)")
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"peak RSS: {rss_gb:.2f} GB (10,000 int64 samples alone are 1.6 GB)")
+
+
+def scvi_row(ours: float, args: argparse.Namespace) -> str:
+    """scVI's get_normalized_expression on as many cells x genes as opengem's 5,000-cell case."""
+    import numpy as np
+
+    from opengem.engine import default_registry
+
+    n_genes = default_registry().predictor("gem-1-sc").model.n_genes
+    python, found = scvi_env.find_scvi_python(args.scvi_python)
+    if python is None:
+        return scvi_env.skip_line(found)
+    if not args.corpus.is_file():
+        return scvi_env.skip_line(f"no corpus at {args.corpus} to train scVI on")
+    import anndata
+
+    adata = anndata.read_h5ad(args.corpus, backed="r")
+    if adata.n_vars != n_genes:
+        return f"scVI: skipped ({args.corpus} has {adata.n_vars} genes, gem-1-sc {n_genes})"
+    n = SCVI[2]
+    rows = np.sort(np.random.default_rng(0).choice(adata.n_obs, min(n, adata.n_obs), replace=False))
+    cells = adata[rows].to_memory()
+    peer_args = ["--epochs", str(args.scvi_epochs), "--repeats", str(args.repeats)]
+    peer = scvi_env.run_peer(python, cells, [*peer_args, "--measure", "normalized"])
+    theirs = peer["normalized"]["cells_per_s"]
+    # opengem again right after scVI, so both ends of the ratio saw about the same load
+    again = warm_rates(args.repeats, (SCVI,))[SCVI_CASE]["opengem"]
+    return (
+        f"{SCVI_CASE} vs scVI {peer['scvi_version']} get_normalized_expression "
+        f"({peer['n_cells']:,} cells x {peer['n_genes']:,} genes, model trained "
+        f"{peer['epochs']} epochs, torch {peer['torch_threads']} threads): "
+        f"opengem {again:,.0f} cells/s (measured again right after scVI; {ours:,.0f} above), "
+        f"scVI {theirs:,.0f} cells/s; opengem / scVI: {again / theirs:.2f}x "
+        f"({ours / theirs:.2f}x with the earlier rate)"
+    )
 
 
 def _models_dir() -> Any:
