@@ -123,9 +123,11 @@ class ModelClient:
     ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """Condition means (mean estimation) and samples, log-CPM over ``genes``.
 
-        Samples use "sample generation" at ``library`` reads (the real samples'
-        median): drawn cells, for single-cell models, as shallow as the real ones.
-        Single-cell means are read at :data:`EXPECTATION_TOTAL` (their expected CPM).
+        Samples use "sample generation" with ``library`` reads (the real samples'
+        median) on ``genes``: a model's ``total_count`` spans every gene, so a study
+        that measured a gene panel gets ``library`` over the panel's share of the
+        generated means; drawn cells are then as shallow as the real ones. Single-cell
+        means are read at :data:`EXPECTATION_TOTAL` (their expected CPM).
         """
         usable, dropped = self.usable_metadata(records)
         total = EXPECTATION_TOTAL if self.modality == "sc" else int(max(library, 1))
@@ -139,6 +141,9 @@ class ModelClient:
             },
             None,
         )
+        mean_counts = np.asarray(means.counts, dtype=np.float64)
+        shares = mean_counts[:, genes].sum(axis=1) / np.maximum(mean_counts.sum(axis=1), 1.0)
+        share = float(np.median(shares)) if len(shares) else 1.0
         samples = self.run(
             {
                 "inputs": [
@@ -146,7 +151,7 @@ class ModelClient:
                     for r, n in zip(usable, n_per_condition, strict=True)
                 ],
                 "sampling_strategy": "sample generation",
-                "total_count": int(max(library, 1)),
+                "total_count": int(max(round(library / max(share, 1e-6)), 1)),
                 "seed": SEED,
             },
             None,
