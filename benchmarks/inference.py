@@ -21,7 +21,8 @@ median of ``--repeats`` runs.
   ``benchmarks/scvi_peer.py``; opengem's rate is measured again right after scVI's);
   skipped with the reason when there is none;
 - bulk sample generation at 1,000 samples (Poisson counts; no floor: the draws are
-  the work);
+  the work), and single-cell sample generation at 5,000 cells (negative-binomial
+  counts) as a ratio to scVI's ``posterior_predictive_sample`` on the same cells;
 - peak RSS of the process.
 
 ``--compare SRC`` runs the same warm measurements on another checkout's ``src``
@@ -48,6 +49,9 @@ import scvi_env
 
 SCVI = ("gem-1-sc", "mean estimation", 5000)  # the case compared with scVI
 SCVI_CASE = " ".join(map(str, SCVI))
+#: compared with scVI's posterior_predictive_sample (drawn cells; beyond GEM-1)
+SCVI_DRAWN = ("gem-1-sc", "sample generation", 5000)
+SCVI_DRAWN_CASE = " ".join(map(str, SCVI_DRAWN))
 
 COLD = """
 import time
@@ -68,6 +72,7 @@ CASES = (
     SCVI,
     ("gem-1-sc", "mean estimation", 10000),
     ("gem-1-bulk", "sample generation", 1000),
+    SCVI_DRAWN,
 )
 
 
@@ -228,15 +233,16 @@ def main() -> None:
             line += ")"
         print(line)
     if SCVI_CASE in rates:
-        print(scvi_row(rates[SCVI_CASE]["opengem"], args))
+        print(scvi_row(rates, args))
     else:
         print(f"scVI: not compared with --quick (the comparison is the {SCVI_CASE} case)")
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"peak RSS: {rss_gb:.2f} GB (10,000 int64 samples alone are 1.6 GB)")
 
 
-def scvi_row(ours: float, args: argparse.Namespace) -> str:
-    """scVI's get_normalized_expression on as many cells x genes as opengem's 5,000-cell case."""
+def scvi_row(rates: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    """scVI's get_normalized_expression and posterior_predictive_sample on as many cells x
+    genes as opengem's 5,000-cell mean estimation and sample generation cases."""
     import numpy as np
 
     from opengem.engine import default_registry
@@ -256,18 +262,25 @@ def scvi_row(ours: float, args: argparse.Namespace) -> str:
     rows = np.sort(np.random.default_rng(0).choice(adata.n_obs, min(n, adata.n_obs), replace=False))
     cells = adata[rows].to_memory()
     peer_args = ["--epochs", str(args.scvi_epochs), "--repeats", str(args.repeats)]
-    peer = scvi_env.run_peer(python, cells, [*peer_args, "--measure", "normalized"])
-    theirs = peer["normalized"]["cells_per_s"]
+    peer = scvi_env.run_peer(python, cells, [*peer_args, "--measure", "normalized,posterior"])
     # opengem again right after scVI, so both ends of the ratio saw about the same load
-    again = warm_rates(args.repeats, (SCVI,))[SCVI_CASE]["opengem"]
-    return (
-        f"{SCVI_CASE} vs scVI {peer['scvi_version']} get_normalized_expression "
-        f"({peer['n_cells']:,} cells x {peer['n_genes']:,} genes, model trained "
-        f"{peer['epochs']} epochs, torch {peer['torch_threads']} threads): "
-        f"opengem {again:,.0f} cells/s (measured again right after scVI; {ours:,.0f} above), "
-        f"scVI {theirs:,.0f} cells/s; opengem / scVI: {again / theirs:.2f}x "
-        f"({ours / theirs:.2f}x with the earlier rate)"
-    )
+    again = warm_rates(args.repeats, (SCVI, SCVI_DRAWN))
+    lines = []
+    for case, peer_key, theirs_name in (
+        (SCVI_CASE, "normalized", "get_normalized_expression"),
+        (SCVI_DRAWN_CASE, "posterior", "posterior_predictive_sample"),
+    ):
+        theirs = peer[peer_key]["cells_per_s"]
+        ours, now = rates[case]["opengem"], again[case]["opengem"]
+        lines.append(
+            f"{case} vs scVI {peer['scvi_version']} {theirs_name} "
+            f"({peer['n_cells']:,} cells x {peer['n_genes']:,} genes, model trained "
+            f"{peer['epochs']} epochs, torch {peer['torch_threads']} threads): "
+            f"opengem {now:,.0f} cells/s (measured again right after scVI; {ours:,.0f} above), "
+            f"scVI {theirs:,.0f} cells/s; opengem / scVI: {now / theirs:.2f}x "
+            f"({ours / theirs:.2f}x with the earlier rate)"
+        )
+    return "\n".join(lines)
 
 
 def _models_dir() -> Any:

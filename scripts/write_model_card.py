@@ -103,6 +103,21 @@ def main() -> None:
     training, corpus = info["training"], info.get("corpus", {})
     vocab = info["vocabulary"]["fields"]
     size_mb = sum(p.stat().st_size for p in args.bundle.iterdir() if p.is_file()) / 1e6
+    drawn = ""
+    weights = args.bundle / "weights.safetensors"
+    if weights.is_file():
+        import numpy as np
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="numpy") as f:
+            if "cell_dispersion" in f.keys():
+                phi = np.asarray(f.get_tensor("cell_dispersion"), dtype=np.float64)
+                q10, q50, q90 = np.quantile(phi, [0.1, 0.5, 0.9])
+                drawn = (
+                    '; "sample generation" draws cells negative-binomial around the '
+                    "profile, each gene with the overdispersion of the training cells "
+                    f"(median φ {q50:.2f}, 10-90% {q10:.2f}-{q90:.2f}; beyond GEM-1)"
+                )
     cfg = training["config"]
     model = info.get("model", {})
     lines = [
@@ -142,7 +157,8 @@ def main() -> None:
         "shrunk toward their type's mean effect (and the on-target change per type: "
         + ", ".join(f"{k} {v:+.2f}" for k, v in sorted(model.get("on_target", {}).items()))
         + " log); calibrated class- and study-balanced metadata heads on PCA scores and each "
-        f"field's discriminative genes. Bundle size {size_mb:.1f} MB (float16 / int8 arrays).",
+        f"field's discriminative genes{drawn}. Bundle size {size_mb:.1f} MB "
+        "(float16 / int8 arrays).",
         "",
         "## Training data",
         "",
