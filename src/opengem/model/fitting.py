@@ -470,9 +470,8 @@ def _study_noise(
     noise and the biological latents, scaled by its spread), moderated toward the
     pooled ``noise_sd``: (d0 * pooled + dof * own) / (d0 + dof) with d0 =
     :data:`NOISE_PRIOR_DOF` and dof = its samples minus its conditions, per gene
-    over the samples that measured it, then rescaled so that its mean over genes is
-    the one its spread gives. A study whose genes vary more than the pool's in some
-    genes and less in others generates replicates that do the same."""
+    over the samples that measured it. A study whose genes vary more than the pool's
+    in some genes and less in others generates replicates that do the same."""
     bio = (model.w_bio**2).sum(axis=0)
     pooled_noise = model.noise_sd**2
     unbiased = group_sizes / np.maximum(group_sizes - 1, 1)
@@ -487,12 +486,8 @@ def _study_noise(
         dof = np.maximum(n_g * (1.0 - n_groups / max(int(rows.sum()), 1)), 0.0)
         prior_total = spread * (pooled_noise + bio)
         total = (NOISE_PRIOR_DOF * prior_total + dof * own_total) / (NOISE_PRIOR_DOF + dof)
-        # the level stays the study's spread (a robust per-sample estimate); its own
-        # residuals give only how that variation is shared among genes
-        seen = n_g > 0
-        level = float(total[seen].mean()) if seen.any() else 0.0
-        if level > 0:
-            total *= float(prior_total[seen].mean()) / level
+        # its own level too: held at the spread's, generated replicates varied 0.71x as
+        # much as real ones (seen-condition, at the real samples' depth on their genes)
         out[name] = np.sqrt(np.maximum(total - spread * bio, 0.0))
     return out
 
