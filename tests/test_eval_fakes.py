@@ -200,3 +200,35 @@ def test_single_cell_units_are_scored_as_pseudobulk(tmp_path: Path) -> None:
     compound = [u for u in additive["units"] if "compound" in str(u["perturbation"])]
     assert compound
     assert all(u["model"]["cf_pearson_delta_top100"] > 0.8 for u in compound)
+
+
+def test_generated_samples_get_the_real_depth_on_the_studys_genes() -> None:
+    """A study that measured a tenth of the model's transcriptome (its genes hold 10% of
+    the generated profile) gets 10x the real library as ``total_count``, so its drawn
+    samples carry the real depth on the genes it measured."""
+    from types import SimpleNamespace
+
+    from opengem.eval.querying import ModelClient
+
+    profile = np.full(100, 0.9 / 90)
+    profile[:10] = 0.01  # the panel: 10% of the profile
+    queries: list[dict] = []
+
+    class Panel:
+        modality = "bulk"
+
+        def run(self, query: dict, task: str | None) -> SimpleNamespace:
+            queries.append(query)
+            n = sum(i["num_samples"] for i in query["inputs"])
+            return SimpleNamespace(counts=np.tile(profile * query["total_count"], (n, 1)))
+
+        def check(self, query: dict, task: str | None) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    client = ModelClient(Panel())  # type: ignore[arg-type]
+    client.generate([{"tissue_ontology_id": "UBERON:0002048"}], [3], np.arange(10), 1000.0)
+    drawn = [q for q in queries if q["sampling_strategy"] == "sample generation"]
+    assert len(drawn) == 1 and drawn[0]["total_count"] == 10_000
