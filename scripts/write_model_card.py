@@ -116,7 +116,8 @@ def main() -> None:
                 drawn = (
                     '; "sample generation" draws cells negative-binomial around the '
                     "profile, each gene with the overdispersion of the training cells "
-                    f"(median φ {q50:.2f}, 10-90% {q10:.2f}-{q90:.2f}; beyond GEM-1)"
+                    f"(median φ {q50:.2f}, 10-90% {q10:.2f}-{q90:.2f}; in a seen study its "
+                    "own, moderated toward these; beyond GEM-1)"
                 )
     cfg = training["config"]
     model = info.get("model", {})

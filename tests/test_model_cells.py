@@ -165,10 +165,10 @@ def _overdispersion(counts: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow  # fits a small model (~30 s on two cores)
 def test_sample_generation_draws_cells_as_overdispersed_as_the_training_cells() -> None:
-    """100 genes whose cells vary far beyond counting noise (planted: Gamma noise of
-    φ = 1 on top of the corpus's φ = 0.02) get a learned dispersion near 1, the rest
-    near 0.02; cells generated for a seen condition carry the same difference, and
-    their expected profile is the condition's pseudobulk."""
+    """100 genes whose cells vary far beyond counting noise in one study (planted in
+    synthetic_2: Gamma noise of φ = 1 on top of the corpus's φ = 0.02) get that study
+    a learned dispersion near 1 there, the quiet study near 0.02; cells generated in
+    each study carry their study's dispersion, around the condition's pseudobulk."""
     import scipy.sparse as sp
 
     adata, _ = synthetic_corpus(
@@ -177,41 +177,51 @@ def test_sample_generation_draws_cells_as_overdispersed_as_the_training_cells() 
     adata.uns["modality"] = "sc"
     rng = np.random.default_rng(5)
     x = adata.X.toarray().astype(np.float64)
+    obs = adata.obs
+    noisy = (obs["study"] == "synthetic_2").to_numpy()
     wild = np.arange(100)
-    x[:, wild] = rng.poisson(x[:, wild] * rng.gamma(1.0, 1.0, (len(x), len(wild))))
+    block = x[np.ix_(noisy, wild)]
+    x[np.ix_(noisy, wild)] = rng.poisson(block * rng.gamma(1.0, 1.0, block.shape))
     adata.X = sp.csr_matrix(x.astype(np.int32))
     bundle = _train(adata, "linear")
-    phi = bundle.model.cell_dispersion
+    model = bundle.model
+    own = model.study_cell_dispersion
     expressed = np.flatnonzero(x.mean(axis=0) > 2.0)
     inside, outside = np.intersect1d(expressed, wild), np.setdiff1d(expressed, wild)[:200]
     assert len(inside) >= 30 and len(outside) >= 100
-    assert 0.6 < np.median(phi[inside]) < 1.6
-    assert np.median(phi[outside]) < 0.1
+    assert 0.6 < np.median(own["synthetic_2"][inside]) < 1.6
+    assert np.median(own["synthetic_1"][inside]) < 0.15
+    assert np.median(own["synthetic_2"][outside]) < 0.1
+    assert np.median(own["synthetic_1"][inside]) < np.median(model.cell_dispersion[inside])
+    predictor = Predictor(bundle)
 
-    obs = adata.obs
-    rows = np.flatnonzero(
-        (obs["study"] == "synthetic_1").to_numpy()
-        & (obs["perturbation_type"] == "control").to_numpy()
+    def generated(study: str) -> tuple[np.ndarray, np.ndarray]:
+        """400 cells generated in a control condition of ``study``, and its real cells."""
+        rows = np.flatnonzero(
+            (obs["study"] == study).to_numpy() & (obs["perturbation_type"] == "control").to_numpy()
+        )
+        fields = ("tissue_ontology_id", "sample_type", "study", "perturbation_type")
+        metadata = {f: str(obs[f].iloc[rows[0]]) for f in fields}
+        keep = np.all([(obs[f].iloc[rows] == v).to_numpy() for f, v in metadata.items()], axis=0)
+        query = validate_query(
+            {
+                "inputs": [{"metadata": metadata, "num_samples": 400}],
+                "sampling_strategy": "sample generation",
+                "deterministic_latents": True,
+                "total_count": 2000,
+                "seed": 0,
+            },
+            "gem-1-sc",
+        )
+        return np.asarray(predictor.predict(query).counts, dtype=np.float64), x[rows[keep]]
+
+    loud, real = generated("synthetic_2")
+    quiet, _ = generated("synthetic_1")
+    assert np.median(_overdispersion(loud)[inside]) == pytest.approx(
+        np.median(own["synthetic_2"][inside]), rel=0.35
     )
-    metadata = {
-        f: str(obs[f].iloc[rows[0]])
-        for f in ("tissue_ontology_id", "sample_type", "study", "perturbation_type")
-    }
-    same = rows[np.all([(obs[f].iloc[rows] == v).to_numpy() for f, v in metadata.items()], axis=0)]
-    query = validate_query(
-        {
-            "inputs": [{"metadata": metadata, "num_samples": 400}],
-            "sampling_strategy": "sample generation",
-            "deterministic_latents": True,
-            "total_count": 2000,
-            "seed": 0,
-        },
-        "gem-1-sc",
-    )
-    counts = np.asarray(Predictor(bundle).predict(query).counts, dtype=np.float64)
-    generated = _overdispersion(counts)
-    assert np.median(generated[inside]) > 10 * np.median(generated[outside])
-    assert np.median(generated[inside]) == pytest.approx(np.median(phi[inside]), rel=0.35)
-    real = x[same] / x[same].sum(axis=1, keepdims=True) * 2000
-    share = np.corrcoef(np.log1p(counts.mean(axis=0)), np.log1p(real.mean(axis=0)))[0, 1]
+    assert np.median(_overdispersion(quiet)[inside]) < 0.2
+    assert np.median(_overdispersion(loud)[inside]) > 5 * np.median(_overdispersion(quiet)[inside])
+    real = real / real.sum(axis=1, keepdims=True) * 2000
+    share = np.corrcoef(np.log1p(loud.mean(axis=0)), np.log1p(real.mean(axis=0)))[0, 1]
     assert share > 0.95

@@ -229,13 +229,20 @@ class CountSink:
             raise ValueError(f"sampling strategy {strategy!r}: expected one of {sorted(DRAWS)}")
         self.draw, self.rng = draw, rng
         #: a strategy that draws: per gene, the negative-binomial overdispersion φ of the
-        #: counts (a Gamma(1/φ, μφ) draw of each expected count before its Poisson draw);
-        #: None = Poisson counts
+        #: counts (a Gamma(1/φ, μφ) draw of each expected count before its Poisson draw),
+        #: one row (G,) for every row of the result or a table (K, G) whose row each
+        #: input names (:meth:`add`), genes chosen by the first row; None = Poisson
         self._overdispersed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        if dispersion is not None and draw.random and (dispersion > 0).any():
-            cols = np.flatnonzero(dispersion > 0)
-            phi = dispersion[cols]
-            self._overdispersed = (cols, 1.0 / phi, phi)
+        self._table: np.ndarray | None = None
+        self._table_row = np.zeros(n_rows, dtype=np.intp)
+        if dispersion is not None and draw.random:
+            table = np.atleast_2d(dispersion)
+            if (table[0] > 0).any():
+                cols = np.flatnonzero(table[0] > 0)
+                phi = table[0, cols]
+                self._overdispersed = (cols, 1.0 / phi, phi)
+                if len(table) > 1:
+                    self._table = np.maximum(table[:, cols], 1e-8)
         self.counts = np.empty((n_rows, n_genes), dtype=np.int64)
         self.library = np.empty(n_rows, dtype=np.float64)
         self._y = self.counts.view(np.float64) if draw.random else None
@@ -253,10 +260,13 @@ class CountSink:
             return None
         return self.counts[self._next : self._next + n].view(np.float64)
 
-    def add(self, n: int, library: float | np.ndarray, fill: RowFill) -> None:
+    def add(self, n: int, library: float | np.ndarray, fill: RowFill, table_row: int = 0) -> None:
+        """The next ``n`` rows, at ``library``, drawn (a strategy that draws) with row
+        ``table_row`` of the dispersion table."""
         start = self._next
         self._next += n
         self.library[start : start + n] = library
+        self._table_row[start : start + n] = table_row
         for a in range(0, n, ROWS):
             b = min(n, a + ROWS)
             if self._y is not None:
@@ -273,6 +283,10 @@ class CountSink:
         GEMModel.expected_counts(y, self.library[a:b], out=step)
         if self._overdispersed is not None:
             cols, shape, phi = self._overdispersed
+            rows = self._table_row[a:b]
+            if self._table is not None and rows.any():  # some rows with their own φ
+                phi = self._table[rows]
+                shape = 1.0 / phi
             step[:, cols] = self.rng.gamma(shape, step[:, cols] * phi)
         self.draw.fill(step, self.rng, self.counts[a:b], self._scratch)
 
@@ -548,12 +562,20 @@ class Predictor:
             and not query.deterministic_latents
             and not m.cell_dispersion.size
         )
+        # cells drawn in a seen study vary as its own do: its row of the dispersion table
+        own_phi = sorted({r.get("study", "") for r in records} & set(m.study_cell_dispersion))
+        table_row = {s: k + 1 for k, s in enumerate(own_phi)}
+        dispersion = None
+        if m.cell_dispersion.size:
+            dispersion = np.vstack(
+                [m.cell_dispersion, *(m.study_cell_dispersion[s] for s in own_phi)]
+            )
         sink = CountSink(
             sum(i.num_samples for i in query.inputs),
             m.n_genes,
             query.sampling_strategy,
             rng,
-            m.cell_dispersion if m.cell_dispersion.size else None,
+            dispersion,
         )
         inputs = _Inputs(sink)
         library = float(query.total_count)
@@ -581,6 +603,7 @@ class Predictor:
                     mean: np.ndarray = mean,
                     spread: float = spread,
                     own_noise: np.ndarray | None = own_noise,
+                    phi_row: int = table_row.get(record.get("study", ""), 0),
                 ) -> None:
                     region = sink.region(n)  # the rows' own result memory, when free
                     bio_out = buffers.get("bio", n) if region is None else region
@@ -589,7 +612,7 @@ class Predictor:
                         bio *= spread
                     tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
                     fill = self._baseline_rows(mean, bio, tech, noisy, rng, spread, own_noise)
-                    sink.add(n, library, fill)
+                    sink.add(n, library, fill, phi_row)
 
                 inputs.take(add, zb, zt, self._pert_latent(effect[None, :]), record)
             result = self._expression_result(inputs, "baseline")

@@ -500,7 +500,7 @@ DISPERSION_PRIOR = 50.0
 DISPERSION_BOUNDS = (0.0, 50.0)
 
 
-def _cell_dispersion(c: _Corpus) -> np.ndarray:
+def _cell_dispersion(c: _Corpus) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per gene, the negative-binomial overdispersion φ of single cells around their
     group's mean (``var = μ + φ μ²``; φ = 0 is Poisson): pooled method of moments over
     the groups (study + full metadata, perturbation included) of at least
@@ -508,7 +508,9 @@ def _cell_dispersion(c: _Corpus) -> np.ndarray:
     group's share of the gene, ``φ = Σ [n/(n-1) (x - μ)² - μ] / Σ μ²``; a gene with
     few reads is pulled toward the median of the well-read genes
     (:data:`DISPERSION_PRIOR`). Genes a group's study did not measure have no reads
-    there and add nothing. What "sample generation" draws single cells with."""
+    there and add nothing. Also per study with such groups: its own φ, pulled the same
+    way toward the pooled one (cells generated in a seen study vary as its cells do).
+    What "sample generation" draws single cells with."""
     keys = [
         f"{c.studies[i]}\t" + "\t".join(f"{k}={v}" for k, v in sorted(r.items()))
         for i, r in enumerate(c.records)
@@ -516,8 +518,8 @@ def _cell_dispersion(c: _Corpus) -> np.ndarray:
     groups: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         groups.setdefault(k, []).append(i)
-    num = np.zeros(c.g)
-    den = np.zeros(c.g)
+    num: dict[str, np.ndarray] = {}
+    den: dict[str, np.ndarray] = {}
     for members in groups.values():
         n = len(members)
         if n < DISPERSION_MIN_CELLS:
@@ -531,15 +533,32 @@ def _cell_dispersion(c: _Corpus) -> np.ndarray:
         s2 = np.asarray(x.multiply(x).sum(axis=0)).ravel()
         sxl = np.asarray(x.T @ lib).ravel()
         squares = s2 - 2.0 * share * sxl + share**2 * l2  # Σ (x - l·share)²
-        num += n / (n - 1) * squares - share * l1
-        den += share**2 * l2
-    informed = den >= DISPERSION_PRIOR
+        study = str(c.studies[rows[0]])
+        num.setdefault(study, np.zeros(c.g))
+        den.setdefault(study, np.zeros(c.g))
+        num[study] += n / (n - 1) * squares - share * l1
+        den[study] += share**2 * l2
+    if not num:
+        return np.zeros(c.g), {}
+    total_num = np.sum([num[s] for s in sorted(num)], axis=0)
+    total_den = np.sum([den[s] for s in sorted(den)], axis=0)
+    informed = total_den >= DISPERSION_PRIOR
     if not informed.any():
-        return np.zeros(c.g)
-    raw = np.maximum(num[informed], 0.0) / den[informed]
+        return np.zeros(c.g), {}
+    raw = np.maximum(total_num[informed], 0.0) / total_den[informed]
     prior = float(np.median(raw))
-    phi = (np.maximum(num, 0.0) + DISPERSION_PRIOR * prior) / (den + DISPERSION_PRIOR)
-    return np.clip(phi, *DISPERSION_BOUNDS)
+    pooled = (np.maximum(total_num, 0.0) + DISPERSION_PRIOR * prior) / (
+        total_den + DISPERSION_PRIOR
+    )
+    pooled = np.clip(pooled, *DISPERSION_BOUNDS)
+    own = {
+        s: np.clip(
+            (np.maximum(num[s], 0.0) + DISPERSION_PRIOR * pooled) / (den[s] + DISPERSION_PRIOR),
+            *DISPERSION_BOUNDS,
+        )
+        for s in sorted(num)
+    }
+    return pooled, own
 
 
 def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -785,7 +804,7 @@ def fit_model(
             )
         del counting_rows
     if config.mean_space == "linear":  # single cells are drawn negative-binomial
-        model.cell_dispersion = _cell_dispersion(c)
+        model.cell_dispersion, model.study_cell_dispersion = _cell_dispersion(c)
     if len(multi) < 3:
         model.w_bio = np.zeros((0, c.g))
         model.noise_sd = np.zeros(c.g)

@@ -191,6 +191,9 @@ class GEMModel:
     #: around their condition's mean (``var = μ + φ μ²``), what "sample generation"
     #: draws cells with; empty for bulk models (Poisson counts around a noisy profile)
     cell_dispersion: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: per training study of a single-cell model: its own cells' overdispersion,
+    #: moderated toward ``cell_dispersion`` (cells generated in that study use it)
+    study_cell_dispersion: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._column_index = {c: i for i, c in enumerate(self.columns)}
@@ -537,6 +540,9 @@ class GEMModel:
             a[f"type_effect.{t}"] = v
         if self.cell_dispersion.size:
             a["cell_dispersion"] = self.cell_dispersion
+        if self.study_cell_dispersion:
+            names = sorted(self.study_cell_dispersion)
+            a["study_cell_dispersion"] = np.stack([self.study_cell_dispersion[s] for s in names])
         if self.study_noise_sd:
             names = sorted(self.study_noise_sd)
             a["study_noise_sd"] = np.stack([self.study_noise_sd[s] for s in names])
@@ -550,7 +556,10 @@ class GEMModel:
 
     def structure(self) -> dict[str, Any]:
         """Everything that is not an array (for bundle.json)."""
-        return {
+        extra: dict[str, Any] = {}
+        if self.study_cell_dispersion:  # single-cell models only
+            extra["study_dispersion_studies"] = sorted(self.study_cell_dispersion)
+        return extra | {
             "config": asdict(self.config),
             "columns": [list(c) for c in self.columns],
             "contexts": self.contexts,
@@ -627,6 +636,10 @@ class GEMModel:
             },
             floor_fraction=f64("floor_fraction") if "floor_fraction" in arrays else np.zeros(0),
             cell_dispersion=f64("cell_dispersion") if "cell_dispersion" in arrays else np.zeros(0),
+            study_cell_dispersion={
+                str(s): f64("study_cell_dispersion")[i]
+                for i, s in enumerate(structure.get("study_dispersion_studies", []))
+            },
             type_effect={
                 k.split(".", 1)[1]: f32(k) for k in arrays if k.startswith("type_effect.")
             },
