@@ -194,6 +194,7 @@ def test_sample_generation_draws_cells_as_overdispersed_as_the_training_cells() 
     assert np.median(own["synthetic_2"][outside]) < 0.1
     assert np.median(own["synthetic_1"][inside]) < np.median(model.cell_dispersion[inside])
     predictor = Predictor(bundle)
+    metadata_of: dict[str, dict[str, str]] = {}
 
     def generated(study: str) -> tuple[np.ndarray, np.ndarray]:
         """400 cells generated in a control condition of ``study``, and its real cells."""
@@ -202,6 +203,7 @@ def test_sample_generation_draws_cells_as_overdispersed_as_the_training_cells() 
         )
         fields = ("tissue_ontology_id", "sample_type", "study", "perturbation_type")
         metadata = {f: str(obs[f].iloc[rows[0]]) for f in fields}
+        metadata_of[study] = metadata
         keep = np.all([(obs[f].iloc[rows] == v).to_numpy() for f, v in metadata.items()], axis=0)
         query = validate_query(
             {
@@ -225,3 +227,26 @@ def test_sample_generation_draws_cells_as_overdispersed_as_the_training_cells() 
     real = real / real.sum(axis=1, keepdims=True) * 2000
     share = np.corrcoef(np.log1p(loud.mean(axis=0)), np.log1p(real.mean(axis=0)))[0, 1]
     assert share > 0.95
+
+    # both studies in one query (rows of either within one decoded block): each input
+    # is drawn with its own study's dispersion
+    both = validate_query(
+        {
+            "inputs": [
+                {"metadata": dict(metadata_of["synthetic_1"]), "num_samples": 203},
+                {"metadata": dict(metadata_of["synthetic_2"]), "num_samples": 301},
+            ],
+            "sampling_strategy": "sample generation",
+            "deterministic_latents": True,
+            "total_count": 2000,
+            "seed": 1,
+        },
+        "gem-1-sc",
+    )
+    mixed = np.asarray(predictor.predict(both).counts, dtype=np.float64)
+    quiet_part, loud_part = (
+        _overdispersion(mixed[:203])[inside],
+        _overdispersion(mixed[203:])[inside],
+    )
+    assert np.median(quiet_part) < 0.2
+    assert np.median(loud_part) > 5 * np.median(quiet_part)
