@@ -562,14 +562,7 @@ class Predictor:
             and not query.deterministic_latents
             and not m.cell_dispersion.size
         )
-        # cells drawn in a seen study vary as its own do: its row of the dispersion table
-        own_phi = sorted({r.get("study", "") for r in records} & set(m.study_cell_dispersion))
-        table_row = {s: k + 1 for k, s in enumerate(own_phi)}
-        dispersion = None
-        if m.cell_dispersion.size:
-            dispersion = np.vstack(
-                [m.cell_dispersion, *(m.study_cell_dispersion[s] for s in own_phi)]
-            )
+        dispersion, table_row = self._dispersion({r.get("study", "") for r in records})
         sink = CountSink(
             sum(i.num_samples for i in query.inputs),
             m.n_genes,
@@ -645,6 +638,17 @@ class Predictor:
                 dst += noise
 
         return fill
+
+    def _dispersion(self, studies: set[str]) -> tuple[np.ndarray | None, dict[str, int]]:
+        """A single-cell model's dispersion table for :class:`CountSink` (row 0 the
+        pooled φ, then the own φ of each of ``studies`` seen in training: cells drawn in
+        a seen study vary as its cells do) and each such study's row; None for bulk."""
+        m = self.model
+        if not m.cell_dispersion.size:
+            return None, {}
+        own = sorted(studies & set(m.study_cell_dispersion))
+        table = np.vstack([m.cell_dispersion, *(m.study_cell_dispersion[s] for s in own)])
+        return table, {s: k + 1 for k, s in enumerate(own)}
 
     def _expression_result(self, inputs: _Inputs, kind: str) -> ExpressionResult:
         """The result of an expression query, its counts still being decoded."""
@@ -724,7 +728,7 @@ class Predictor:
             m.n_genes,
             query.sampling_strategy,
             rng,
-            m.cell_dispersion if m.cell_dispersion.size else None,
+            self._dispersion(set())[0],  # a reference names no study: the pooled φ
         )
         inputs = _Inputs(sink)
         libraries: list[float] = []

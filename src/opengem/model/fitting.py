@@ -24,7 +24,7 @@ model, in seconds to minutes on a CPU, with no epochs to cap:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,11 @@ def _group_mean(
     if linear is None:
         return lambda rows: _dense_mean(y, rows)
     return lambda rows: np.log1p(_dense_mean(linear, rows))
+
+
+def _record_key(record: Mapping[str, str]) -> str:
+    """A record as one string (fields sorted): ``"k=v\tk=v"``."""
+    return "\t".join(f"{k}={v}" for k, v in sorted(record.items()))
 
 
 def _top_pearson(a: np.ndarray, b: np.ndarray, n: int = 100) -> float:
@@ -511,10 +516,7 @@ def _cell_dispersion(c: _Corpus) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     there and add nothing. Also per study with such groups: its own φ, pulled the same
     way toward the pooled one (cells generated in a seen study vary as its cells do).
     What "sample generation" draws single cells with."""
-    keys = [
-        f"{c.studies[i]}\t" + "\t".join(f"{k}={v}" for k, v in sorted(r.items()))
-        for i, r in enumerate(c.records)
-    ]
+    keys = [f"{c.studies[i]}\t{_record_key(r)}" for i, r in enumerate(c.records)]
     groups: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         groups.setdefault(k, []).append(i)
@@ -545,20 +547,16 @@ def _cell_dispersion(c: _Corpus) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     informed = total_den >= DISPERSION_PRIOR
     if not informed.any():
         return np.zeros(c.g), {}
-    raw = np.maximum(total_num[informed], 0.0) / total_den[informed]
-    prior = float(np.median(raw))
-    pooled = (np.maximum(total_num, 0.0) + DISPERSION_PRIOR * prior) / (
-        total_den + DISPERSION_PRIOR
-    )
-    pooled = np.clip(pooled, *DISPERSION_BOUNDS)
-    own = {
-        s: np.clip(
-            (np.maximum(num[s], 0.0) + DISPERSION_PRIOR * pooled) / (den[s] + DISPERSION_PRIOR),
+
+    def moderated(num: np.ndarray, den: np.ndarray, prior: float | np.ndarray) -> np.ndarray:
+        return np.clip(
+            (np.maximum(num, 0.0) + DISPERSION_PRIOR * prior) / (den + DISPERSION_PRIOR),
             *DISPERSION_BOUNDS,
         )
-        for s in sorted(num)
-    }
-    return pooled, own
+
+    raw = np.maximum(total_num[informed], 0.0) / total_den[informed]
+    pooled = moderated(total_num, total_den, float(np.median(raw)))
+    return pooled, {s: moderated(num[s], den[s], pooled) for s in sorted(num)}
 
 
 def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -710,10 +708,7 @@ def fit_model(
     adj_records = []
     for i, r in enumerate(c.records):
         adj_records.append(without_perturbation(r) if unit_of_sample[i] >= 0 else dict(r))
-    group_key = [
-        c.studies[i] + "\t" + "\t".join(f"{k}={v}" for k, v in sorted(r.items()))
-        for i, r in enumerate(adj_records)
-    ]
+    group_key = [f"{c.studies[i]}\t{_record_key(r)}" for i, r in enumerate(adj_records)]
     keys = sorted(set(group_key))
     gidx = {k: j for j, k in enumerate(keys)}
     member = np.array([gidx[k] for k in group_key])
@@ -843,7 +838,7 @@ def fit_model(
         uniq: dict[str, int] = {}
         rec_index = np.zeros(c.n, dtype=np.int64)
         for i, r in enumerate(adj_records):
-            key = "\t".join(f"{k}={v}" for k, v in sorted(r.items()))
+            key = _record_key(r)
             rec_index[i] = uniq.setdefault(key, len(uniq))
         order = sorted(uniq, key=uniq.get)  # type: ignore[arg-type]
         recs = [dict(kv.split("=", 1) for kv in k.split("\t") if kv) for k in order]

@@ -540,12 +540,12 @@ class GEMModel:
             a[f"type_effect.{t}"] = v
         if self.cell_dispersion.size:
             a["cell_dispersion"] = self.cell_dispersion
-        if self.study_cell_dispersion:
-            names = sorted(self.study_cell_dispersion)
-            a["study_cell_dispersion"] = np.stack([self.study_cell_dispersion[s] for s in names])
-        if self.study_noise_sd:
-            names = sorted(self.study_noise_sd)
-            a["study_noise_sd"] = np.stack([self.study_noise_sd[s] for s in names])
+        for name, per_study in (
+            ("study_cell_dispersion", self.study_cell_dispersion),
+            ("study_noise_sd", self.study_noise_sd),
+        ):
+            if per_study:  # one row per study, in the order bundle.json names them
+                a[name] = np.stack([per_study[s] for s in sorted(per_study)])
         for f, c in self.classifiers.items():
             a[f"clf.{f}.genes"] = c.genes.astype(np.int32)
             a[f"clf.{f}.gene_mean"] = c.gene_mean
@@ -590,6 +590,11 @@ class GEMModel:
         def f64(name: str) -> np.ndarray:
             return np.asarray(arrays[name], dtype=np.float64)
 
+        def per_study(name: str, studies_key: str) -> dict[str, np.ndarray]:
+            """Rows of a per-study array, by the study names bundle.json lists."""
+            names = structure.get(studies_key, [])
+            return {str(s): f64(name)[i] for i, s in enumerate(names)}
+
         config = ModelConfig(**structure["config"])
         n = config.n_genes
         classifiers = {
@@ -630,16 +635,10 @@ class GEMModel:
             level_slope=float(structure.get("level_slope", 0.0)),
             pca_noise=float(structure.get("pca_noise", 0.0)),
             study_spread={str(k): float(v) for k, v in structure.get("study_spread", {}).items()},
-            study_noise_sd={
-                str(s): f64("study_noise_sd")[i]
-                for i, s in enumerate(structure.get("study_noise_studies", []))
-            },
+            study_noise_sd=per_study("study_noise_sd", "study_noise_studies"),
             floor_fraction=f64("floor_fraction") if "floor_fraction" in arrays else np.zeros(0),
             cell_dispersion=f64("cell_dispersion") if "cell_dispersion" in arrays else np.zeros(0),
-            study_cell_dispersion={
-                str(s): f64("study_cell_dispersion")[i]
-                for i, s in enumerate(structure.get("study_dispersion_studies", []))
-            },
+            study_cell_dispersion=per_study("study_cell_dispersion", "study_dispersion_studies"),
             type_effect={
                 k.split(".", 1)[1]: f32(k) for k in arrays if k.startswith("type_effect.")
             },
