@@ -491,8 +491,8 @@ def _study_noise(
         dof = np.maximum(n_g * (1.0 - n_groups / max(int(rows.sum()), 1)), 0.0)
         prior_total = spread * (pooled_noise + bio)
         total = (NOISE_PRIOR_DOF * prior_total + dof * own_total) / (NOISE_PRIOR_DOF + dof)
-        # its own level too: held at the spread's, generated replicates varied 0.71x as
-        # much as real ones (seen-condition, at the real samples' depth on their genes)
+        # its own level too: held at the spread's, generated replicates of most studies
+        # varied less than real ones (seen-condition, at the real depth on their genes)
         out[name] = np.sqrt(np.maximum(total - spread * bio, 0.0))
     return out
 
