@@ -135,6 +135,26 @@ def test_streamed_arrow_bytes_are_those_of_the_embedded_result(
     assert remote.predict_arrow(model_id, copy.deepcopy(query), raw=True) == sink.getvalue()
 
 
+def test_opengem_client_reads_a_multi_batch_stream_equal_to_embedded(
+    server: dict[str, Any], key: str
+) -> None:
+    """opengem's client reads the Arrow stream off the socket message by message: a
+    result of three record batches (counts, metadata, latents) reads as the embedded one."""
+    from opengem.client.remote import RemoteClient
+    from opengem.server.formats import BATCH_ROWS
+
+    query = example("gem-1-bulk", seed=5)
+    for item in query["inputs"]:
+        item["num_samples"] = BATCH_ROWS + 44  # 600 samples: three record batches
+    want = embedded_predict(copy.deepcopy(query), "gem-1-bulk")
+    got = RemoteClient(server["url"], api_key=key).predict_query(
+        copy.deepcopy(query), "gem-1-bulk", self_hosted=True
+    )
+    assert len(got["expression"]) == 2 * (BATCH_ROWS + 44)
+    assert not got["latents"].empty
+    assert_frames_equal(got, want)
+
+
 def test_models_report_what_is_loaded(server: dict[str, Any], key: str) -> None:
     pysynthbio.predict_query(
         example("gem-1-bulk"), model_id="gem-1-bulk", api_base_url=server["url"], self_hosted=True

@@ -100,22 +100,6 @@ def _decoded(response: Any) -> bytes:
 
 
 # ------------------------------------------------------------------ frames
-def _body(response: Any) -> Any:
-    """A response's body, read straight into one buffer when its length is known (a
-    ``Content-Length``; else as ``read()`` returns it)."""
-    length = response.length
-    if length is None:
-        return response.read()
-    body = np.empty(length, dtype=np.uint8)  # not zeroed: the socket fills it
-    view, got = body.data, 0
-    while got < length:
-        n = response.readinto(view[got:])
-        if not n:
-            raise http.client.IncompleteRead(b"", length - got)
-        got += n
-    return body
-
-
 def _counts_frame(rows: Any, gene_order: list[str] | None) -> pd.DataFrame:
     matrix = np.asarray(rows, dtype=np.int64)
     if matrix.ndim != 2:
@@ -179,12 +163,20 @@ def _arrow_counts(column: Any, n_genes: int | None) -> np.ndarray:
     return out
 
 
+def _schema_metadata(schema: Any) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+
+
+def _gene_order(meta: dict[str, str]) -> list[str] | None:
+    return json.loads(meta["gene_order"]) if "gene_order" in meta else None
+
+
 def frames_from_arrow(table: Any) -> dict[str, pd.DataFrame]:
     """Self-hosted Arrow table (compat-spec §2.2) → the DataFrames pysynthbio returns."""
     import pyarrow as pa
 
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    gene_order = json.loads(meta["gene_order"]) if "gene_order" in meta else None
+    meta = _schema_metadata(table.schema)
+    gene_order = _gene_order(meta)
     n_genes = len(gene_order) if gene_order is not None else None
     columns = pd.Index(gene_order) if gene_order is not None else None
     metadata = pd.DataFrame(table.column("metadata").to_pylist())
@@ -301,8 +293,11 @@ class RemoteClient:
         """The result JSON behind a signed URL (no API key sent)."""
         return self._json("GET", url, absolute=True, auth=False)
 
-    def predict_arrow(self, model_id: str, query: dict[str, Any], raw: bool = False) -> Any:
-        """The self-hosted protocol: the result as a pyarrow Table (``raw``: the stream's bytes)."""
+    def predict_arrow(
+        self, model_id: str, query: dict[str, Any], raw: bool = False, frames: bool = False
+    ) -> Any:
+        """The self-hosted protocol: the result as a pyarrow Table (``raw``: the stream's
+        bytes; ``frames``: pysynthbio's DataFrames)."""
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
@@ -319,8 +314,10 @@ class RemoteClient:
                     out = _decoded(response)
                 elif encoding in ("gzip", "deflate"):
                     out = ipc.open_stream(pa.py_buffer(_decoded(response))).read_all()
-                else:  # one copy off the socket, then read in place (no copy per batch)
-                    out = ipc.open_stream(pa.py_buffer(_body(response))).read_all()
+                else:  # each message read off the socket as the server sends it
+                    out = ipc.open_stream(response).read_all()
+                if frames:
+                    out = frames_from_arrow(out)
                 if response.length:  # http.client reads a short body without complaint
                     raise http.client.IncompleteRead(b"", response.length)
                 return out
@@ -353,7 +350,7 @@ class RemoteClient:
                 )
             if raw_response:
                 return self.predict_arrow(model_id, query, raw=True)
-            return frames_from_arrow(self.predict_arrow(model_id, query))
+            return self.predict_arrow(model_id, query, frames=True)
         query_id = self.start_query(model_id, query)
         status, payload = self.poll(query_id, poll_interval_seconds, poll_timeout_seconds)
         if status == "failed":
