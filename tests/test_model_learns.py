@@ -290,3 +290,34 @@ def test_generation_in_a_seen_study_varies_gene_by_gene_as_that_study() -> None:
     ratio_noisy = generated_sd("synthetic_2", inside) / generated_sd("synthetic_2", outside)
     ratio_quiet = generated_sd("synthetic_1", inside) / generated_sd("synthetic_1", outside)
     assert ratio_noisy > 1.5 * ratio_quiet
+
+
+def test_a_head_gets_its_own_genes_per_class_of_its_field() -> None:
+    """``field_genes_per_class``: a head gets that many of its own genes per class of
+    its field (a tissue head no longer shares 20 genes among all tissues), never fewer
+    than ``n_field_genes``; 0 leaves every head at ``n_field_genes``."""
+    adata, _ = synthetic_corpus(seed=0)
+
+    def heads(per_class: int) -> dict[str, tuple[int, int]]:
+        config = TrainConfig.model_validate(
+            {
+                "modality": "bulk",
+                "model": {
+                    "latent_biological": 4,
+                    "latent_technical": 2,
+                    "latent_perturbation": 4,
+                    "n_field_genes": 4,
+                    "field_genes_per_class": per_class,
+                },
+                "training": {"validation_fraction": 0.0, "seed": 0},
+            }
+        )
+        model = train_bundle(adata, config, None, progress=False).bundle.model
+        return {n: (len(c.genes), len(c.classes)) for n, c in model.classifiers.items()}
+
+    plain, wide = heads(0), heads(3)
+    assert {genes for genes, _ in plain.values()} == {4}
+    assert wide["tissue_ontology_id"] == (6, 2)  # liver, lung: 3 genes each
+    for name, (genes, classes) in wide.items():
+        assert genes == max(4, 3 * classes), name
+    assert any(classes > 2 for _, classes in wide.values())

@@ -17,8 +17,9 @@ model, in seconds to minutes on a CPU, with no epochs to cap:
 4. variation: probabilistic PCA of within-condition residuals (biological) and of
    the study effects (technical);
 5. metadata heads: study- and class-balanced multinomial logistic regression
-   (L-BFGS) on PCA scores + each field's top discriminative genes, with a
-   temperature fitted on held-out studies.
+   (L-BFGS) on PCA scores + each field's top discriminative genes (at least
+   ``field_genes_per_class`` per class of the field), with a temperature fitted on
+   held-out studies.
 """
 
 from __future__ import annotations
@@ -978,7 +979,7 @@ def _fit_classifiers(
             labels[sub],
             _head_weights(labels[sub], c.studies[sub], cfg.classifier_balance),
             np.arange(len(common)),
-            cfg.n_field_genes,
+            max(cfg.n_field_genes, cfg.field_genes_per_class * len(fv.classes)),
         )
         fill = fill[genes]
         genes = common[genes]

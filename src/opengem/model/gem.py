@@ -75,6 +75,8 @@ class ModelConfig:
     n_top_genes: int = 2000
     n_components: int = 50
     n_field_genes: int = 20
+    #: at least this many of a head's own genes per class of its field (0: n_field_genes)
+    field_genes_per_class: int = 0
     classifier_c: float = 1.0
     classifier_iterations: int = 300
     max_residual_rows: int = 2000

@@ -28,6 +28,7 @@ class ModelSection(BaseModel):
     n_top_genes: int = Field(2000, ge=10)
     n_components: int = Field(50, ge=1)
     n_field_genes: int = Field(20, ge=0)
+    field_genes_per_class: int = Field(0, ge=0)
     classifier_c: float = Field(1.0, gt=0)
     classifier_iterations: int = Field(300, ge=1)
     max_residual_rows: int = Field(2000, ge=10)
