@@ -309,6 +309,7 @@ class RemoteClient:
             timeout=SELF_HOSTED_TIMEOUT,
         ) as response:
             encoding = (response.headers.get("Content-Encoding") or "").lower()
+            out: Any
             try:
                 if raw:
                     out = _decoded(response)
@@ -316,11 +317,9 @@ class RemoteClient:
                     out = ipc.open_stream(pa.py_buffer(_decoded(response))).read_all()
                 else:  # each message read off the socket as the server sends it
                     out = ipc.open_stream(response).read_all()
-                if frames:
-                    out = frames_from_arrow(out)
                 if response.length:  # http.client reads a short body without complaint
                     raise http.client.IncompleteRead(b"", response.length)
-                return out
+                return frames_from_arrow(out) if frames and not raw else out
             except (http.client.HTTPException, OSError, zlib.error, pa.ArrowException) as err:
                 # the server ends a stream short when the query fails mid-way (its
                 # worker died, say): the stream so far may read as a shorter table
