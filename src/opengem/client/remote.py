@@ -163,20 +163,12 @@ def _arrow_counts(column: Any, n_genes: int | None) -> np.ndarray:
     return out
 
 
-def _schema_metadata(schema: Any) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-
-
-def _gene_order(meta: dict[str, str]) -> list[str] | None:
-    return json.loads(meta["gene_order"]) if "gene_order" in meta else None
-
-
 def frames_from_arrow(table: Any) -> dict[str, pd.DataFrame]:
     """Self-hosted Arrow table (compat-spec §2.2) → the DataFrames pysynthbio returns."""
     import pyarrow as pa
 
-    meta = _schema_metadata(table.schema)
-    gene_order = _gene_order(meta)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    gene_order = json.loads(meta["gene_order"]) if "gene_order" in meta else None
     n_genes = len(gene_order) if gene_order is not None else None
     columns = pd.Index(gene_order) if gene_order is not None else None
     metadata = pd.DataFrame(table.column("metadata").to_pylist())
@@ -293,11 +285,8 @@ class RemoteClient:
         """The result JSON behind a signed URL (no API key sent)."""
         return self._json("GET", url, absolute=True, auth=False)
 
-    def predict_arrow(
-        self, model_id: str, query: dict[str, Any], raw: bool = False, frames: bool = False
-    ) -> Any:
-        """The self-hosted protocol: the result as a pyarrow Table (``raw``: the stream's
-        bytes; ``frames``: pysynthbio's DataFrames)."""
+    def predict_arrow(self, model_id: str, query: dict[str, Any], raw: bool = False) -> Any:
+        """The self-hosted protocol: the result as a pyarrow Table (``raw``: the stream's bytes)."""
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
@@ -319,7 +308,7 @@ class RemoteClient:
                     out = ipc.open_stream(response).read_all()
                 if response.length:  # http.client reads a short body without complaint
                     raise http.client.IncompleteRead(b"", response.length)
-                return frames_from_arrow(out) if frames and not raw else out
+                return out
             except (http.client.HTTPException, OSError, zlib.error, pa.ArrowException) as err:
                 # the server ends a stream short when the query fails mid-way (its
                 # worker died, say): the stream so far may read as a shorter table
@@ -349,7 +338,7 @@ class RemoteClient:
                 )
             if raw_response:
                 return self.predict_arrow(model_id, query, raw=True)
-            return self.predict_arrow(model_id, query, frames=True)
+            return frames_from_arrow(self.predict_arrow(model_id, query))
         query_id = self.start_query(model_id, query)
         status, payload = self.poll(query_id, poll_interval_seconds, poll_timeout_seconds)
         if status == "failed":
