@@ -321,3 +321,68 @@ def test_a_head_gets_its_own_genes_per_class_of_its_field() -> None:
     for name, (genes, classes) in wide.items():
         assert genes == max(4, 3 * classes), name
     assert any(classes > 2 for _, classes in wide.values())
+
+
+def test_generation_in_a_named_context_takes_the_effect_measured_there() -> None:
+    """A compound planted with the opposite effect in one study: generating that study's
+    samples from metadata gives its own (reversed) effect, another study's its normal
+    one; naming no study blends the contexts (most of them normal)."""
+    import scipy.sparse as sp
+
+    adata, effects = synthetic_corpus(seed=5)
+    rng = np.random.default_rng(5)
+    x = adata.X.toarray()
+    obs = adata.obs
+    flip = ((obs["study"] == "synthetic_1") & (obs["perturbation_ontology_id"] == DEX)).to_numpy()
+    up, down, fold = effects.perturbation_up, effects.perturbation_down, effects.fold
+    # up genes down by fold² (thinning), down genes up by fold²: the effect reversed
+    x[np.ix_(flip, up)] = rng.binomial(x[np.ix_(flip, up)], 1.0 / fold**2)
+    x[np.ix_(flip, down)] = rng.poisson(x[np.ix_(flip, down)] * fold**2)
+    adata.X = sp.csr_matrix(x.astype(np.int32))
+    predictor = Predictor(_small_bundle(adata))
+
+    def dex_lfc(study: str | None) -> float:
+        base = {"tissue_ontology_id": LIVER, "sample_type": "primary tissue"}
+        if study:
+            base["study"] = study
+        query = validate_query(
+            {
+                "inputs": [
+                    {"metadata": {**base, **_dex("1 uM")}, "num_samples": 1},
+                    {"metadata": {**base, "perturbation_type": "control"}, "num_samples": 1},
+                ],
+                "sampling_strategy": "mean estimation",
+                "deterministic_latents": True,
+            },
+            "gem-1-bulk",
+        )
+        lc = _log_cpm(np.asarray(predictor.predict(query).counts))
+        lfc = lc[0] - lc[1]
+        return float(lfc[up].mean() - lfc[down].mean()) / 2
+
+    def stored_lfc(study: str) -> float:
+        """The same from a stored control sample of ``study`` (condition on sample ids)."""
+        control = (obs["study"] == study) & (obs["perturbation_type"] == "control")
+        sample = str(obs.index[control.to_numpy() & (obs["tissue_ontology_id"] == LIVER)][0])
+
+        def run(metadata: dict[str, str]) -> np.ndarray:
+            query = validate_query(
+                {
+                    "inputs": [{"sample_ids": [sample], "metadata": metadata, "num_samples": 1}],
+                    "sampling_strategy": "mean estimation",
+                    "deterministic_latents": True,
+                },
+                "gem-1-bulk_condition-on-sample-ids",
+            )
+            return _log_cpm(np.asarray(predictor.predict(query).counts))[0]
+
+        lfc = run(_dex("1 uM")) - run({})
+        return float(lfc[up].mean() - lfc[down].mean()) / 2
+
+    planted = float(np.log(fold))
+    own, other, blended = dex_lfc("synthetic_1"), dex_lfc("synthetic_2"), dex_lfc(None)
+    assert -1.3 * planted < own < -0.7 * planted
+    assert 0.7 * planted < other < 1.3 * planted
+    assert own < blended and blended > 0
+    assert -1.3 * planted < stored_lfc("synthetic_1") < -0.7 * planted
+    assert 0.7 * planted < stored_lfc("synthetic_2") < 1.3 * planted

@@ -53,7 +53,7 @@ from opengem.contract.query import STRATEGIES, ReferenceInput, SampleIdsInput
 from opengem.engine.bundle import Bundle
 from opengem.engine.results import ExpressionResult, MetadataResult
 from opengem.model import GEMModel, perturbations_of
-from opengem.model.perturbations import SEP
+from opengem.model.perturbations import SEP, context_key, without_perturbation
 from opengem.ontology.describe import term_label
 from opengem.ontology.genes import GeneSpace, default_gene_space
 
@@ -466,15 +466,19 @@ class Predictor:
         y: np.ndarray,
         mask: np.ndarray,
         library: float | None = None,
+        context: Mapping[str, str] | None = None,
     ) -> tuple[np.ndarray, str]:
         """The perturbation effect of a record for a sample ``y`` (a reference of
-        ``library`` reads, or a prior mean when None); and the seen flag."""
+        ``library`` reads, or a prior mean when None) whose metadata, where known
+        (``context``: a query's own metadata, a stored sample's record), names its
+        training contexts; and the seen flag."""
         perts = perturbations_of(record)
         if not perts:
             return np.zeros(self.model.n_genes), ""
         sim = self.model.context_similarity(y[None, :], mask[None, :])[0]
         weight = 1.0 if library is None else self.model.level_weight(library)
-        effect, seen = self.model.effect(perts, sim, self.genes.index_of, y, weight)
+        within = self.model.contexts_of(context) if context else frozenset()
+        effect, seen = self.model.effect(perts, sim, self.genes.index_of, y, weight, within)
         return effect, "true" if seen else "false"
 
     def _latent_noise(
@@ -575,7 +579,7 @@ class Predictor:
         with _borrowed(self._buffers) as buffers:
             for k, (item, record) in enumerate(zip(query.inputs, records, strict=True)):
                 n = item.num_samples
-                effect, seen = self._effect(record, base[k], full)
+                effect, seen = self._effect(record, base[k], full, context=record)
                 record["perturbation_seen"] = seen
                 zb, zt = self._latent_noise(n, query.deterministic_latents, rng, shared=True)
                 spread = 1.0
@@ -695,7 +699,11 @@ class Predictor:
         )
         library = self.bundle.latent_library_sizes
         lib = float(np.mean([library[i] for i in rows])) if library else None
-        return {"y": y.mean(axis=0), "library": lib}
+        # the samples' own context, when they share one (their perturbation's effect
+        # there, if measured, is theirs)
+        keys = {context_key(without_perturbation(r)) for r in records}
+        context = without_perturbation(records[0]) if len(keys) == 1 else None
+        return {"y": y.mean(axis=0), "library": lib, "context": context}
 
     def _basal(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Log-expression of a reference, shrunk toward its similar contexts; mask; sims."""
@@ -763,7 +771,11 @@ class Predictor:
                 else:
                     zb = np.repeat(zb0, n, axis=0)
                 effect, seen = self._effect(
-                    record, y0, mask, None if counts is None else ref_library
+                    record,
+                    y0,
+                    mask,
+                    None if counts is None else ref_library,
+                    None if stored is None else stored["context"],
                 )
                 record["perturbation_seen"] = seen
                 total = float(query.total_count) if query.fixed_total_count else ref_library

@@ -111,8 +111,9 @@ def _nb_baseline(
     library: float,
     rng: np.random.Generator,
     fitted: np.ndarray,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Condition-mean means and NB samples per condition."""
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Condition-mean means, NB samples per condition (as compared: pooled for cells)
+    and the mean of each condition's samples."""
     groups = [view.counts(g)[:, genes] for g in unit.matches if len(g)]
     phi = bl.estimate_dispersion(groups) if groups else 0.1
     wide = view.counts(fitted)[:, genes]
@@ -120,7 +121,7 @@ def _nb_baseline(
     wide_lcpm = bl.train_mean(m.log_cpm(wide), wide_measured)
     lib = wide.sum(axis=1, keepdims=True)
     wide_prop = bl.train_mean(wide / np.where(lib > 0, lib, 1.0), wide_measured)
-    means, samples = [], []
+    means, samples, drawn = [], [], []
     for rows, n in zip(unit.matches, sizes, strict=True):
         counts = view.counts(rows)[:, genes]
         measured = view.measured(rows, unit.study)
@@ -129,8 +130,10 @@ def _nb_baseline(
         else:
             means.append(bl.condition_mean(counts, measured, wide_lcpm))
         draws = bl.condition_mean_samples(counts, int(n), library, rng, phi, measured, wide_prop)
-        samples.append(view.replicates(m.log_cpm(draws.astype(np.float64))))
-    return np.vstack(means), samples
+        lcpm = m.log_cpm(draws.astype(np.float64))
+        samples.append(view.replicates(lcpm))
+        drawn.append(view.mean_of(lcpm))
+    return np.vstack(means), samples, np.vstack(drawn)
 
 
 def score_generation(
@@ -146,15 +149,17 @@ def score_generation(
     real_rows = np.concatenate(unit.real)
     library = float(np.median(view.counts(real_rows)[:, genes].sum(axis=1)))
     gen_means, gen_samples, dropped = client.generate(unit.records, sizes, genes, library)
-    gen_groups = [view.replicates(g) for g in np.split(gen_samples, np.cumsum(sizes)[:-1])]
+    gen_split = np.split(gen_samples, np.cumsum(sizes)[:-1])
+    gen_groups = [view.replicates(g) for g in gen_split]
+    gen_drawn = np.vstack([view.mean_of(g) for g in gen_split])
     gen_samples = np.vstack(gen_groups)
     real_groups = [view.lcpm(g, unit.study) for g in unit.real]
     real_means = np.vstack([view.mean_of(g) for g in real_groups])
     real_groups = [view.replicates(g) for g in real_groups]
-    cm_means, cm_groups = _nb_baseline(view, unit, sizes, genes, library, rng, fitted)
+    cm_means, cm_groups, cm_drawn = _nb_baseline(view, unit, sizes, genes, library, rng, fitted)
     ceiling = replicate_ceiling(view, unit.ceiling_groups, unit.study)
-    model = generation_scores(gen_means, real_means, gen_groups, real_groups, ceiling)
-    cm = generation_scores(cm_means, real_means, cm_groups, real_groups, ceiling)
+    model = generation_scores(gen_means, real_means, gen_groups, real_groups, ceiling, gen_drawn)
+    cm = generation_scores(cm_means, real_means, cm_groups, real_groups, ceiling, cm_drawn)
     result = UnitResult(
         name=unit.name,
         study=unit.study,
@@ -182,7 +187,7 @@ def score_generation(
         "gen_sd": {"model": gen_samples.std(0), "condition_mean": np.vstack(cm_groups).std(0)},
         "diversity": {
             "real": real_means,
-            "model": gen_means,
+            "model": gen_drawn,
         },
     }
     return result, figure

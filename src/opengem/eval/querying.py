@@ -123,27 +123,36 @@ class ModelClient:
     ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """Condition means (mean estimation) and samples, log-CPM over ``genes``.
 
-        Samples use "sample generation" with ``library`` reads (the real samples'
-        median) on ``genes``: a model's ``total_count`` spans every gene, so a study
-        that measured a gene panel gets ``library`` over the panel's share of the
-        generated means; drawn cells are then as shallow as the real ones. Single-cell
-        means are read at :data:`EXPECTATION_TOTAL` (their expected CPM).
+        Both are drawn as deep as a real sample is on ``genes``: a model's
+        ``total_count`` spans every gene, so a study that measured a gene panel gets
+        ``library`` over the panel's share of the generated means (read off a first
+        mean estimation at :data:`EXPECTATION_TOTAL`); drawn cells are then as
+        shallow as the real ones. Single-cell means are read at
+        :data:`EXPECTATION_TOTAL` (their expected CPM); bulk means at the real depth
+        on ``genes`` (their rounding as a real sample's, not that of the panel's
+        share of ``library`` reads: 26 genes of 20,120 would get a few reads each).
         """
         usable, dropped = self.usable_metadata(records)
-        total = EXPECTATION_TOTAL if self.modality == "sc" else int(max(library, 1))
-        means = self.run(
-            {
-                "inputs": [{"metadata": r, "num_samples": 1} for r in usable],
-                "sampling_strategy": "mean estimation",
-                "deterministic_latents": True,
-                "total_count": total,
-                "seed": SEED,
-            },
-            None,
-        )
+
+        def means_at(total: int) -> Any:
+            return self.run(
+                {
+                    "inputs": [{"metadata": r, "num_samples": 1} for r in usable],
+                    "sampling_strategy": "mean estimation",
+                    "deterministic_latents": True,
+                    "total_count": total,
+                    "seed": SEED,
+                },
+                None,
+            )
+
+        means = means_at(EXPECTATION_TOTAL)
         mean_counts = np.asarray(means.counts, dtype=np.float64)
         shares = mean_counts[:, genes].sum(axis=1) / np.maximum(mean_counts.sum(axis=1), 1.0)
         share = float(np.median(shares)) if len(shares) else 1.0
+        depth = int(max(round(library / max(share, 1e-6)), 1))
+        if self.modality != "sc":
+            means = means_at(depth)
         samples = self.run(
             {
                 "inputs": [
@@ -151,7 +160,7 @@ class ModelClient:
                     for r, n in zip(usable, n_per_condition, strict=True)
                 ],
                 "sampling_strategy": "sample generation",
-                "total_count": int(max(round(library / max(share, 1e-6)), 1)),
+                "total_count": depth,
                 "seed": SEED,
             },
             None,

@@ -16,7 +16,8 @@ Perturbation (:func:`perturbation_scores`), log-CPM over the study's genes:
 Generation (:func:`generation_scores`): sample-wise Pearson of condition means (and
 its ratio to the replicate ceiling), variance-weighted gene-wise Pearson, per-gene SD
 correlation, classifier AUC, energy distance, diversity (mean correlation between
-condition means; its gap to the real one), replicate spread ratio.
+condition means, of as many generated samples as real ones; its gap to the real
+one), replicate spread ratio.
 
 Metadata (:func:`metadata_field_scores`): every held-out sample with a truth is
 scored; an ontology prediction is right when it is the truth, an ancestor or a
@@ -151,16 +152,22 @@ def generation_scores(
     gen_groups: Sequence[np.ndarray],
     real_groups: Sequence[np.ndarray],
     ceiling: float,
+    drawn_means: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics of generated conditions against real ones (log-CPM, measured genes).
 
     ``gen_means``/``real_means``: one row per condition; ``gen_groups`` /
-    ``real_groups``: the samples of each condition (generated / real).
+    ``real_groups``: the samples of each condition (generated / real);
+    ``drawn_means``: the mean of each condition's generated samples, as many as its
+    real ones (default ``gen_means``). Diversity is measured on them: a real mean of
+    a few shallow cells carries their sampling noise, which lowers the correlation
+    between conditions; the generated means it is compared with carry as much only
+    when averaged over as many drawn samples.
     """
     gen_samples = np.vstack(gen_groups)
     real_samples = np.vstack(real_groups)
     sw = m.samplewise_pearson(gen_means, real_means)
-    diversity = m.between_condition_correlation(gen_means)
+    diversity = m.between_condition_correlation(gen_means if drawn_means is None else drawn_means)
     real_diversity = m.between_condition_correlation(real_means)
     real_spread = m.replicate_spread(real_groups)
     return {

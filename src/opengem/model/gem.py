@@ -25,7 +25,10 @@ genes hold, so panels and whole transcriptomes share one scale). A sample is
   cross-validation; an infinitely wide kernel is the additive shift); doses and
   times interpolate piecewise-linearly in log dose between trained ones;
   combinations add their components (scaled by a factor fitted on the corpus's
-  combinations); an unseen perturbation of a known type gets its type's mean
+  combinations); generation from metadata that names a context (its study and
+  biological fields) where the perturbation was measured uses that context's
+  units only (a seen condition is its measured effect, not a blend of other
+  cell lines' or cell types'); an unseen perturbation of a known type gets its type's mean
   effect shrunk by a cross-validated factor plus, for gene targets, the type's
   on-target change at the target gene.
 
@@ -46,7 +49,13 @@ from typing import Any
 import numpy as np
 
 from opengem.contract.fields import PERTURBATION_FIELDS
-from opengem.model.perturbations import Perturbation, combination_key, perturbations_of
+from opengem.model.perturbations import (
+    CONTEXT_FIELDS,
+    Perturbation,
+    combination_key,
+    context_fields,
+    perturbations_of,
+)
 from opengem.model.vocab import UNKNOWN, Vocabulary, numeric_value
 
 FloatArray = np.ndarray
@@ -206,6 +215,7 @@ class GEMModel:
         self._ctx_hvg = self.standardise(
             self.context_mean[:, self.hvg], self.context_mask[:, self.hvg]
         )
+        self._context_fields = [context_fields(k) for k in self.contexts]
 
     # ------------------------------------------------------------------ expression scale
     @property
@@ -365,14 +375,18 @@ class GEMModel:
         per_context: Callable[[list[int]], tuple[np.ndarray, np.ndarray]],
         y: np.ndarray | None = None,
         level_weight: float = 1.0,
+        within: frozenset[int] = frozenset(),
     ) -> np.ndarray:
         """Kernel-weighted mean over contexts of each context's effect (gene by gene,
         over the contexts that measured the gene), plus ``level_slope`` (times
         ``level_weight``) times how far the sample ``y`` lies from those contexts'
-        control means (weighted alike)."""
+        control means (weighted alike). Contexts in ``within`` only, where any of
+        them measured the perturbation."""
         by_context: dict[int, list[int]] = {}
         for i in rows:
             by_context.setdefault(self.units[i].context, []).append(i)
+        if within and not within.isdisjoint(by_context):
+            by_context = {c: r for c, r in by_context.items() if c in within}
         ctxs = sorted(by_context)
         weights = self._kernel(sim[ctxs]) if sim.size else np.ones(len(ctxs))
         total, wsum = np.zeros(self.n_genes), np.zeros(self.n_genes)
@@ -396,11 +410,12 @@ class GEMModel:
         gene_index: Callable[[str], int | None],
         y: np.ndarray | None = None,
         level_weight: float = 1.0,
+        within: frozenset[int] = frozenset(),
     ) -> tuple[np.ndarray, bool]:
         rows = [i for i in self._units_by_key.get(pert.key, []) if self.units[i].single]
         if rows:
             return self._across_contexts(
-                rows, sim, lambda mine: self._interpolate(mine, pert), y, level_weight
+                rows, sim, lambda mine: self._interpolate(mine, pert), y, level_weight, within
             ), True
         # unseen: the type's mean effect, shrunk, and the on-target change for gene targets
         effect = self.type_effect.get(pert.type)
@@ -423,10 +438,13 @@ class GEMModel:
         gene_index: Callable[[str], int | None],
         y: np.ndarray | None = None,
         level_weight: float = 1.0,
+        within: frozenset[int] = frozenset(),
     ) -> tuple[np.ndarray, bool]:
         """Δ (log space) of a perturbation list for a sample with context similarities ``sim``
         (and log expression ``y``, for the level term of a seen single perturbation, on
-        as far as ``level_weight`` says: :meth:`level_weight`).
+        as far as ``level_weight`` says: :meth:`level_weight`). ``within``: the training
+        contexts the sample is known to belong to (:meth:`contexts_of`); a perturbation
+        measured in any of them takes its effect from those only.
 
         Returns the effect and whether every component (or the combination) was seen.
         """
@@ -438,15 +456,30 @@ class GEMModel:
             def pooled(mine: list[int]) -> tuple[np.ndarray, np.ndarray]:
                 return self.unit_effect[mine].mean(0), np.asarray(self.unit_mask[mine].all(0))
 
-            return self._across_contexts(self._units_by_key[key], sim, pooled), True
+            return self._across_contexts(self._units_by_key[key], sim, pooled, within=within), True
         parts = [
-            self._single_effect(p, sim, gene_index, y if len(perts) == 1 else None, level_weight)
+            self._single_effect(
+                p, sim, gene_index, y if len(perts) == 1 else None, level_weight, within
+            )
             for p in perts
         ]
         total = np.sum([p[0] for p in parts], axis=0)
         if len(parts) > 1:
             total = total * self.combination_scale
         return total, all(p[1] for p in parts)
+
+    def contexts_of(self, record: Mapping[str, str]) -> frozenset[int]:
+        """The training contexts a record names: those whose study and biological
+        fields agree with every one of them the record gives (empty when it gives none,
+        or none agrees)."""
+        given = {f: v for f in ("study", *CONTEXT_FIELDS) if (v := record.get(f))}
+        if not given:
+            return frozenset()
+        return frozenset(
+            i
+            for i, fields in enumerate(self._context_fields)
+            if all(fields.get(f) == v for f, v in given.items())
+        )
 
     @staticmethod
     def level_weight(library: float) -> float:

@@ -103,6 +103,16 @@ def context_key(record: Mapping[str, str]) -> str:
     return ";".join(parts)
 
 
+def context_fields(key: str) -> dict[str, str]:
+    """The fields of a :func:`context_key` (``study`` among them when it has one)."""
+    study, *parts = key.split(";")
+    out = {"study": study} if study else {}
+    for part in parts:
+        name, _, value = part.partition("=")
+        out[name] = value
+    return out
+
+
 def without_perturbation(record: Mapping[str, str]) -> dict[str, str]:
     """A copy of a record with its perturbation fields removed (its control)."""
     return {k: v for k, v in record.items() if k not in PERTURBATION_FIELDS}
