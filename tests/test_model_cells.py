@@ -250,3 +250,40 @@ def test_sample_generation_draws_cells_as_overdispersed_as_the_training_cells() 
     )
     assert np.median(quiet_part) < 0.2
     assert np.median(loud_part) > 5 * np.median(quiet_part)
+
+
+@pytest.mark.slow  # shares a fitted model (~1 min on two cores)
+def test_sample_generation_draws_each_cells_depth_as_the_training_cells_vary(
+    cells: dict[str, Any],
+) -> None:
+    """The corpus's cells differ in depth (log-normal, SD 0.3 planted): the model learns
+    that SD, and cells generated from metadata vary as much around the asked total;
+    mean estimation keeps every cell at the total."""
+    model = cells["linear"].model
+    assert 0.2 < model.cell_library_sd < 0.4
+    own = model.study_cell_library_sd["synthetic_1"]
+    assert 0.2 < own < 0.4
+    predictor = Predictor(cells["linear"])
+    metadata = {
+        "tissue_ontology_id": str(cells["adata"].obs["tissue_ontology_id"].iloc[0]),
+        "study": "synthetic_1",
+        "perturbation_type": "control",
+    }
+
+    def libraries(strategy: str) -> np.ndarray:
+        query = validate_query(
+            {
+                "inputs": [{"metadata": metadata, "num_samples": 500}],
+                "sampling_strategy": strategy,
+                "total_count": 5000,
+                "seed": 0,
+            },
+            "gem-1-sc",
+        )
+        return np.asarray(predictor.predict(query).counts, dtype=np.float64).sum(axis=1)
+
+    drawn = libraries("sample generation")
+    assert np.log(drawn).std() == pytest.approx(own, rel=0.2)
+    assert drawn.mean() == pytest.approx(5000, rel=0.05)
+    expected = libraries("mean estimation")
+    assert np.abs(expected - 5000).max() <= 10  # rounding only

@@ -576,6 +576,8 @@ class Predictor:
         )
         inputs = _Inputs(sink)
         library = float(query.total_count)
+        # drawn cells differ in depth as a condition's cells do (bulk: the asked total)
+        drawn_depth = query.sampling_strategy == "sample generation" and m.cell_library_sd > 0
         with _borrowed(self._buffers) as buffers:
             for k, (item, record) in enumerate(zip(query.inputs, records, strict=True)):
                 n = item.num_samples
@@ -601,7 +603,16 @@ class Predictor:
                     spread: float = spread,
                     own_noise: np.ndarray | None = own_noise,
                     phi_row: int = table_row.get(record.get("study", ""), 0),
+                    depth_sd: float = (
+                        m.study_cell_library_sd.get(record.get("study", ""), m.cell_library_sd)
+                        if drawn_depth
+                        else 0.0
+                    ),
                 ) -> None:
+                    libraries: float | np.ndarray = library
+                    if depth_sd > 0:  # log-normal around the total (its mean)
+                        z = rng.standard_normal(n)
+                        libraries = library * np.exp(depth_sd * z - 0.5 * depth_sd**2)
                     region = sink.region(n)  # the rows' own result memory, when free
                     bio_out = buffers.get("bio", n) if region is None else region
                     bio = np.matmul(zb, m.w_bio, out=bio_out)
@@ -609,7 +620,7 @@ class Predictor:
                         bio *= spread
                     tech = np.matmul(zt, m.w_tech, out=buffers.get("tech", n))
                     fill = self._baseline_rows(mean, bio, tech, noisy, rng, spread, own_noise)
-                    sink.add(n, library, fill, phi_row)
+                    sink.add(n, libraries, fill, phi_row)
 
                 inputs.take(add, zb, zt, self._pert_latent(effect[None, :]), record)
             result = self._expression_result(inputs, "baseline")

@@ -560,6 +560,30 @@ def _cell_dispersion(c: _Corpus) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return pooled, {s: moderated(num[s], den[s], pooled) for s in sorted(num)}
 
 
+def _cell_library_sd(c: _Corpus) -> tuple[float, dict[str, float]]:
+    """The SD of single cells' log library around their group's mean log library (the
+    groups of :func:`_cell_dispersion`, of at least :data:`DISPERSION_MIN_CELLS`
+    cells), pooled over every group and per study: what the overdispersion φ, fitted
+    with each cell's own library, leaves out, and what "sample generation" draws."""
+    keys = [f"{c.studies[i]}\t{_record_key(r)}" for i, r in enumerate(c.records)]
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    ss: dict[str, float] = {}
+    dof: dict[str, int] = {}
+    for members in groups.values():
+        if len(members) < DISPERSION_MIN_CELLS:
+            continue
+        log_lib = np.log(np.maximum(c.library[np.asarray(members)], 1.0))
+        study = str(c.studies[members[0]])
+        ss[study] = ss.get(study, 0.0) + float(((log_lib - log_lib.mean()) ** 2).sum())
+        dof[study] = dof.get(study, 0) + len(members) - 1
+    if not ss:
+        return 0.0, {}
+    pooled = math.sqrt(sum(ss.values()) / sum(dof.values()))
+    return pooled, {s: math.sqrt(ss[s] / dof[s]) for s in sorted(ss)}
+
+
 def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` singular values and right singular vectors of a wide matrix (via its Gram)."""
     gram = x @ x.T
@@ -801,6 +825,7 @@ def fit_model(
         del counting_rows
     if config.mean_space == "linear":  # single cells are drawn negative-binomial
         model.cell_dispersion, model.study_cell_dispersion = _cell_dispersion(c)
+        model.cell_library_sd, model.study_cell_library_sd = _cell_library_sd(c)
     if len(multi) < 3:
         model.w_bio = np.zeros((0, c.g))
         model.noise_sd = np.zeros(c.g)

@@ -205,6 +205,12 @@ class GEMModel:
     #: per training study of a single-cell model: its own cells' overdispersion,
     #: moderated toward ``cell_dispersion`` (cells generated in that study use it)
     study_cell_dispersion: dict[str, np.ndarray] = field(default_factory=dict)
+    #: single-cell models: the SD of a cell's log library within its condition (cells of
+    #: one condition differ in depth: capture, size); "sample generation" from metadata
+    #: draws each cell's depth log-normally around the asked total with it
+    cell_library_sd: float = 0.0
+    #: per training study of a single-cell model: its own cells' library SD
+    study_cell_library_sd: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._column_index = {c: i for i, c in enumerate(self.columns)}
@@ -605,6 +611,8 @@ class GEMModel:
             "pca_noise": self.pca_noise,
             "study_spread": self.study_spread,
             "study_noise_studies": sorted(self.study_noise_sd),
+            "cell_library_sd": self.cell_library_sd,
+            "study_cell_library_sd": self.study_cell_library_sd,
             "type_shrink": self.type_shrink,
             "on_target": self.on_target,
             "classifiers": {
@@ -674,6 +682,10 @@ class GEMModel:
             floor_fraction=f64("floor_fraction") if "floor_fraction" in arrays else np.zeros(0),
             cell_dispersion=f64("cell_dispersion") if "cell_dispersion" in arrays else np.zeros(0),
             study_cell_dispersion=per_study("study_cell_dispersion", "study_dispersion_studies"),
+            cell_library_sd=float(structure.get("cell_library_sd", 0.0)),
+            study_cell_library_sd={
+                str(k): float(v) for k, v in structure.get("study_cell_library_sd", {}).items()
+            },
             type_effect={
                 k.split(".", 1)[1]: f32(k) for k in arrays if k.startswith("type_effect.")
             },
