@@ -386,3 +386,30 @@ def test_generation_in_a_named_context_takes_the_effect_measured_there() -> None
     assert own < blended and blended > 0
     assert -1.3 * planted < stored_lfc("synthetic_1") < -0.7 * planted
     assert 0.7 * planted < stored_lfc("synthetic_2") < 1.3 * planted
+
+
+def test_head_temperature_weighs_each_held_out_study_alike() -> None:
+    """One large study whose labels its feature gives away and five small ones where 40%
+    of them contradict it: a temperature fitted on every held-out sample alike trusts the
+    large study (the sharpest of the grid, 0.5); weighing each study the same softens
+    the head, as most studies say it must be (~2)."""
+    from opengem.model.fitting import _temperature
+    from opengem.model.gem import ModelConfig
+
+    rng = np.random.default_rng(0)
+    feats, labels, studies = [], [], []
+    for s, (n, flipped) in enumerate([(3000, 0.0)] + [(40, 0.4)] * 5):
+        y = rng.integers(0, 2, n)
+        signal = np.where(rng.random(n) < flipped, 1 - y, y)
+        feats.append(np.c_[3.0 * (2 * signal - 1) + rng.normal(0, 1, n), rng.normal(0, 1, n)])
+        labels.append(y)
+        studies += [f"s{s}"] * n
+    t = _temperature(
+        np.vstack(feats),
+        np.concatenate(labels),
+        np.array(studies),
+        2,
+        ModelConfig(n_genes=2),
+        np.random.default_rng(0),
+    )
+    assert t > 1.5

@@ -1042,12 +1042,14 @@ def _temperature(
     cfg: ModelConfig,
     rng: np.random.Generator,
 ) -> float:
-    """Softmax temperature minimising the NLL of held-out studies (3 study folds)."""
+    """Softmax temperature minimising the NLL of held-out studies (3 study folds), each
+    held-out study weighing the same (as in the heads' own weights: a large study's
+    errors, or its ease, do not set the confidence for every other study)."""
     uniq = sorted(set(studies.tolist()))
     if len(uniq) < 3:
         return 1.0
     folds = np.array_split(rng.permutation(uniq), 3)
-    logits, truth = [], []
+    logits, truth, weights = [], [], []
     for fold in folds:
         test = np.isin(studies, fold)
         train = ~test
@@ -1062,14 +1064,18 @@ def _temperature(
         if seen.any():
             logits.append(feats[seen] @ wm + b)
             truth.append(labels[seen])
+            _, inverse, counts = np.unique(studies[seen], return_inverse=True, return_counts=True)
+            weights.append(1.0 / counts[inverse])
     if not logits:
         return 1.0
     z = np.concatenate(logits)
     t_true = np.concatenate(truth)
+    wt = np.concatenate(weights)
+    wt = wt / wt.sum()
     best, best_nll = 1.0, np.inf
     for t in np.exp(np.linspace(np.log(0.5), np.log(20.0), 25)):
         lz = z / t
-        nll = float(np.mean(special.logsumexp(lz, axis=1) - lz[np.arange(len(lz)), t_true]))
+        nll = float(np.sum(wt * (special.logsumexp(lz, axis=1) - lz[np.arange(len(lz)), t_true])))
         if nll < best_nll:
             best, best_nll = float(t), nll
     return best

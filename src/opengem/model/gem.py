@@ -34,7 +34,7 @@ genes hold, so panels and whole transcriptomes share one scale). A sample is
 
 Metadata prediction is a separate discriminative path: class- and study-balanced
 multinomial logistic regression on PCA scores plus each field's most
-discriminative genes, temperature-calibrated on held-out studies.
+discriminative genes, temperature-calibrated on held-out studies (each weighing the same).
 
 Everything here is numpy; the arrays are stored in the bundle's safetensors file.
 """
