@@ -53,7 +53,7 @@ from opengem.contract.query import STRATEGIES, ReferenceInput, SampleIdsInput
 from opengem.engine.bundle import Bundle
 from opengem.engine.results import ExpressionResult, MetadataResult
 from opengem.model import GEMModel, perturbations_of
-from opengem.model.perturbations import SEP, context_key, without_perturbation
+from opengem.model.perturbations import SEP, context_key
 from opengem.ontology.describe import term_label
 from opengem.ontology.genes import GeneSpace, default_gene_space
 
@@ -590,6 +590,11 @@ class Predictor:
                     zt = np.zeros_like(zt)  # no second one drawn on top (same draws consumed)
                     spread = math.sqrt(m.study_spread.get(record["study"], 1.0))  # as variable
                     own_noise = m.study_noise_sd.get(record["study"])  # gene by gene
+                depth_sd = (  # a seen study's own cells' depth SD, else the pooled one
+                    m.study_cell_library_sd.get(record.get("study", ""), m.cell_library_sd)
+                    if drawn_depth
+                    else 0.0
+                )
                 # y = base + effect + zb W_bio + zt W_tech (+ noise_sd * N(0, 1) when sampling),
                 # the products as whole-input matrix products (their bits depend on the shape)
                 # and the sums in this order, row block by row block
@@ -603,11 +608,7 @@ class Predictor:
                     spread: float = spread,
                     own_noise: np.ndarray | None = own_noise,
                     phi_row: int = table_row.get(record.get("study", ""), 0),
-                    depth_sd: float = (
-                        m.study_cell_library_sd.get(record.get("study", ""), m.cell_library_sd)
-                        if drawn_depth
-                        else 0.0
-                    ),
+                    depth_sd: float = depth_sd,
                 ) -> None:
                     libraries: float | np.ndarray = library
                     if depth_sd > 0:  # log-normal around the total (its mean)
@@ -711,9 +712,8 @@ class Predictor:
         library = self.bundle.latent_library_sizes
         lib = float(np.mean([library[i] for i in rows])) if library else None
         # the samples' own context, when they share one (their perturbation's effect
-        # there, if measured, is theirs)
-        keys = {context_key(without_perturbation(r)) for r in records}
-        context = without_perturbation(records[0]) if len(keys) == 1 else None
+        # there, if measured, is theirs; a context key has no perturbation fields)
+        context = records[0] if len({context_key(r) for r in records}) == 1 else None
         return {"y": y.mean(axis=0), "library": lib, "context": context}
 
     def _basal(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -506,6 +506,15 @@ DISPERSION_PRIOR = 50.0
 DISPERSION_BOUNDS = (0.0, 50.0)
 
 
+def _cell_groups(c: _Corpus) -> list[np.ndarray]:
+    """Rows of each group of cells (study + full metadata, perturbation included) of at
+    least :data:`DISPERSION_MIN_CELLS` cells: what cells vary around."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(c.records):
+        groups.setdefault(f"{c.studies[i]}\t{_record_key(r)}", []).append(i)
+    return [np.asarray(m) for m in groups.values() if len(m) >= DISPERSION_MIN_CELLS]
+
+
 def _cell_dispersion(c: _Corpus) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per gene, the negative-binomial overdispersion φ of single cells around their
     group's mean (``var = μ + φ μ²``; φ = 0 is Poisson): pooled method of moments over
@@ -517,17 +526,10 @@ def _cell_dispersion(c: _Corpus) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     there and add nothing. Also per study with such groups: its own φ, pulled the same
     way toward the pooled one (cells generated in a seen study vary as its cells do).
     What "sample generation" draws single cells with."""
-    keys = [f"{c.studies[i]}\t{_record_key(r)}" for i, r in enumerate(c.records)]
-    groups: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k, []).append(i)
     num: dict[str, np.ndarray] = {}
     den: dict[str, np.ndarray] = {}
-    for members in groups.values():
-        n = len(members)
-        if n < DISPERSION_MIN_CELLS:
-            continue
-        rows = np.asarray(members)
+    for rows in _cell_groups(c):
+        n = len(rows)
         x, lib = c.x[rows], c.library[rows]
         l1, l2 = float(lib.sum()), float((lib**2).sum())
         if l1 <= 0:
@@ -562,22 +564,16 @@ def _cell_dispersion(c: _Corpus) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 def _cell_library_sd(c: _Corpus) -> tuple[float, dict[str, float]]:
     """The SD of single cells' log library around their group's mean log library (the
-    groups of :func:`_cell_dispersion`, of at least :data:`DISPERSION_MIN_CELLS`
-    cells), pooled over every group and per study: what the overdispersion φ, fitted
-    with each cell's own library, leaves out, and what "sample generation" draws."""
-    keys = [f"{c.studies[i]}\t{_record_key(r)}" for i, r in enumerate(c.records)]
-    groups: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k, []).append(i)
+    groups of :func:`_cell_groups`), pooled over every group and per study: what the
+    overdispersion φ, fitted with each cell's own library, leaves out, and what
+    "sample generation" draws."""
     ss: dict[str, float] = {}
     dof: dict[str, int] = {}
-    for members in groups.values():
-        if len(members) < DISPERSION_MIN_CELLS:
-            continue
-        log_lib = np.log(np.maximum(c.library[np.asarray(members)], 1.0))
-        study = str(c.studies[members[0]])
+    for rows in _cell_groups(c):
+        log_lib = np.log(np.maximum(c.library[rows], 1.0))
+        study = str(c.studies[rows[0]])
         ss[study] = ss.get(study, 0.0) + float(((log_lib - log_lib.mean()) ** 2).sum())
-        dof[study] = dof.get(study, 0) + len(members) - 1
+        dof[study] = dof.get(study, 0) + len(rows) - 1
     if not ss:
         return 0.0, {}
     pooled = math.sqrt(sum(ss.values()) / sum(dof.values()))
